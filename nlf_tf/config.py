@@ -1,0 +1,130 @@
+"""The settings of a training run: one table, shared by the absl flags and the library.
+
+Every setting has the original NLF flag name (with underscores), type, default and help text.
+The command-line entry points turn parsed absl flags into an EasyDict with
+`config_from_flags`; library code only ever sees such a config object (or explicit
+arguments), never FLAGS. `default_config(**overrides)` gives the same object without any
+flag parsing, for tests and for programmatic use.
+"""
+
+import easydict
+
+# (name, kind, default, help). kind is one of: str, int, float, bool.
+FLAG_TABLE = (
+    # --- job ---
+    ('comment', 'str', None, 'Free-form comment, logged to TensorBoard as text.'),
+    ('seed', 'int', 1, 'Global seed: weights, data order and per-step randomness.'),
+    ('logdir', 'str', None,
+     'Output folder for TensorBoard logs, checkpoints (unless --checkpoint_dir) and the export.'),
+    ('checkpoint_dir', 'str', None, 'Checkpoint folder (default: --logdir).'),
+    ('load_path', 'str', None, 'Checkpoint to resume from (default: latest in checkpoint_dir).'),
+    ('init_path', 'str', None, 'Checkpoint to initialise the weights from (not a resume).'),
+    ('load_backbone_from', 'str', None, 'Weights file to initialise the backbone from.'),
+    ('export_file', 'str', None,
+     'Export the inference SavedModel here (default: <checkpoint_dir>/model) at the end.'),
+    ('train', 'bool', True, 'Run training.'),
+    ('data', 'str', 'demo', 'Training data: "demo" (procedural, built in).'),
+    ('demo_pool_size', 'int', 512, 'Number of procedural demo examples per category.'),
+    ('training_steps', 'int', None,
+     'Total optimizer steps T (learning-rate schedule, decay, gating). Required for training.'),
+    ('stop_step', 'int', None, 'Stop after this many optimizer steps (default: training_steps).'),
+    ('completed_steps', 'int', None, 'Override the number of completed steps when resuming.'),
+    ('checkpoint_period', 'int', 2000, 'Checkpoint interval in micro-steps.'),
+    ('max_checkpoints', 'int', 2, 'Number of checkpoints kept.'),
+    ('log_period', 'int', 10, 'Write scalar summaries every this many optimizer steps.'),
+    ('image_summary_period', 'int', 200,
+     'Write an image summary of training crops every this many optimizer steps (0: never).'),
+    ('validate_period', 'int', None, 'Validation every N steps (off by default).'),
+    ('multi_gpu', 'bool', False, 'Deprecated name of --distribution=mirrored.'),
+    ('jit_compile', 'bool', False, 'Compile the training step with XLA.'),
+    ('verbose', 'int', 1, 'Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.'),
+    # --- optimizer and schedule ---
+    ('weight_decay', 'float', 3e-3, 'Numerator of the decoupled weight-decay coefficient.'),
+    ('decay_field', 'bool', False, 'Also apply weight decay to the localizer field.'),
+    ('base_learning_rate', 'float', 2.121e-4, 'Peak learning rate b.'),
+    ('lr_cooldown_fraction', 'float', 0.08, 'Share of training in the final cooldown phase.'),
+    ('field_lr_factor', 'float', 1.0, 'Multiplies the warm-up and the first decay phase.'),
+    ('loss_scale', 'float', 128.0, 'Fixed loss scale under float16 (0: Keras default).'),
+    ('dynamic_loss_scale', 'bool', False, 'Dynamic loss scaling under float16.'),
+    ('ema_momentum', 'float', 1.0, 'Exponential moving average of weights if < 1.'),
+    ('grad_accum_steps', 'int', 1, 'Micro-steps (micro-batches) per optimizer update.'),
+    ('force_grad_accum', 'bool', False, 'Accepted for compatibility (accumulation is always exact).'),
+    ('finetune_in_inference_mode', 'int', 0, 'Last N steps with training=False.'),
+    ('constrain_kernel_norm', 'float', 20.0, 'Maximum per-filter kernel norm (inf disables).'),
+    ('constraint_rate', 'float', 1.0, 'MinMaxNorm rate of the kernel constraints.'),
+    # --- batches ---
+    ('batch_size', 'int', 32, 'kp3d sub-batch size (global, per optimizer step).'),
+    ('batch_size_test', 'int', 150, 'Validation batch size.'),
+    ('batch_size_parametric', 'int', 64, 'param sub-batch size.'),
+    ('batch_size_densepose', 'int', 20, 'dense sub-batch size.'),
+    ('batch_size_2d', 'int', 32, 'kp2d sub-batch size.'),
+    ('num_points', 'int', 1024, 'Query points per example after densification.'),
+    ('num_surface_points', 'int', 640, 'Surface points per parametric example.'),
+    ('num_internal_points', 'int', 384, 'Interior points per parametric example.'),
+    # --- geometry ---
+    ('proc_side', 'int', 256, 'Side of the square training crop in pixels.'),
+    ('stride_train', 'int', 32, 'Backbone stride used by FOV tests and decoding in training.'),
+    ('stride_test', 'int', 32, 'Backbone stride used at test time.'),
+    ('centered_stride', 'bool', True, 'Feature cell j is centred on pixel stride*j + stride/2.'),
+    ('box_size_m', 'float', 2.2, 'Metric extent of the heatmap volume; sets the 2D loss scale.'),
+    ('min_depth', 'float', 0.001,
+     'Depth clamp of project_pose (0.001 as in the initial NLF upload; 0.1 in the later one).'),
+    ('weak_perspective', 'bool', False, 'Weak-perspective solver at inference.'),
+    ('mix_3d_inside_fov', 'float', 0.5, 'Weight of the 3D estimate inside the FOV at test time.'),
+    ('fullpersp_l2_regul', 'float', 1e-4, 'Ridge lambda of the full-perspective solver.'),
+    # --- losses ---
+    ('nll_loss', 'bool', True, 'Uncertainty-weighted (NLL) loss and uncertainty gating.'),
+    ('beta_nll', 'float', 1.0, 'Exponent of the stop-gradient uncertainty factor (0 disables).'),
+    ('charb_eps', 'float', 0.0, 'Charbonnier epsilon in my_norm.'),
+    ('fix_uncert_factor', 'bool', False, 'Uncertainty factor 1/sqrt(d) instead of sqrt(d).'),
+    ('loss_factor_param', 'float', 1.0, 'Weight of the param sub-batch loss.'),
+    ('loss_factor_kp', 'float', 0.75, 'Weight of the kp3d sub-batch loss.'),
+    ('loss_factor_dense', 'float', 0.05, 'Weight of the dense sub-batch loss.'),
+    ('loss_factor_2d', 'float', 0.1, 'Weight of the kp2d sub-batch loss.'),
+    ('absloss_factor', 'float', 0.1, 'Weight of the absolute 3D loss.'),
+    ('absloss_start_step', 'int', 5000, 'Absolute loss has gradient from this adjusted step on.'),
+    # --- model ---
+    ('backbone', 'str', 'efficientnetv2-s',
+     'Backbone network (keras.applications, random init): efficientnetv2-s/m/l/b0..b3, '
+     'mobilenetv3small, mobilenetv3large, resnet50, resnet101, resnet152 ("_" may stand for "-").'),
+    ('depth', 'int', 8, 'Depth bins of the 2.5D heatmap.'),
+    ('backbone_link_dim', 'int', 512, 'Channels of the link layer.'),
+    ('field_type', 'str', 'vanilla', 'Localizer field positional encoding.'),
+    ('field_posenc_dim', 'int', 1024, 'Positional-encoding features used by the field.'),
+    ('field_hidden_layers', 'int', 1, 'Hidden layers of the field MLP.'),
+    ('field_hidden_size', 'int', 384, 'Width of the field hidden layers.'),
+    ('lbo_eigval_regul', 'float', 1e-4, 'Regulariser factor on the first field layer.'),
+    ('uncert_bias', 'float', 0.0, 'Added to the uncertainty before softplus.'),
+    ('uncert_bias2', 'float', 0.001, 'Added to the uncertainty after softplus.'),
+    ('trainable_canonical_joints', 'bool', True, 'Learn offsets of the canonical joints.'),
+    ('dtype', 'str', 'float16',
+     'Compute dtype: float16 or bfloat16 (mixed policy, float32 variables) or float32.'),
+)
+
+_KINDS = {'str': str, 'int': int, 'float': float, 'bool': bool}
+
+
+def default_config(**overrides):
+    """Returns the defaults of every setting as an EasyDict, with `overrides` applied.
+
+    Unknown names raise, so that a typo cannot silently fall back to a default.
+    """
+    cfg = easydict.EasyDict({name: default for name, _, default, _ in FLAG_TABLE})
+    for name, value in overrides.items():
+        if name not in cfg:
+            raise KeyError(f'Unknown setting {name!r}; see nlf_tf.config.FLAG_TABLE.')
+        cfg[name] = value
+    return cfg
+
+
+def config_from_flags(flag_values):
+    """Copies the parsed values of all table flags from an absl FlagValues object."""
+    return easydict.EasyDict(
+        {name: getattr(flag_values, name) for name, _, _, _ in FLAG_TABLE})
+
+
+def flag_kind(name):
+    for n, kind, _, _ in FLAG_TABLE:
+        if n == name:
+            return _KINDS[kind]
+    raise KeyError(name)
