@@ -140,14 +140,14 @@ class CheckpointSaver(keras.callbacks.Callback):
 
 
 class StepRecorder(keras.callbacks.Callback):
-    """Keeps the logs of every micro-step as floats (used by tests and notebooks)."""
+    """Keeps the logs of every micro-step as floats, keyed by the micro-step index (used by
+    tests and notebooks). The trainer is the model that `fit` runs."""
 
-    def __init__(self, trainer):
+    def __init__(self):
         super().__init__()
-        self.trainer = trainer
         self.steps = []
         self.logs = []
 
     def on_train_batch_end(self, batch, logs=None):
-        self.steps.append(int(self.trainer.train_counter.numpy()) - 1)
+        self.steps.append(int(self.model.train_counter.numpy()) - 1)
         self.logs.append({k: _to_float(v) for k, v in (logs or {}).items()})

@@ -205,7 +205,7 @@ def rigid_align(coords_pred, coords_true, joint_validity_mask=None, scale_align=
         output_scale = tf.constant(1, coords_true.dtype)
 
     if not reflection_align:
-        has_reflection = (tf.linalg.det(t) < 0)[..., tf.newaxis, tf.newaxis]
+        has_reflection = (_det3x3(t) < 0)[..., tf.newaxis, tf.newaxis]
         t_mirror = t - 2 * tf.matmul(u[..., -1:], v[..., -1:], transpose_b=True)
         t = tf.where(has_reflection, t_mirror, t)
         if scale_align:
@@ -213,6 +213,15 @@ def rigid_align(coords_pred, coords_true, joint_validity_mask=None, scale_align=
                 has_reflection, output_scale - 2 * relative_scale * s[:, -1:], output_scale)
 
     return tf.matmul(coords_pred - mean_y, t) * output_scale + mean_x
+
+
+def _det3x3(m):
+    # Cofactor expansion instead of tf.linalg.det, which XLA cannot compile.
+    if m.shape[-1] != 3:
+        return tf.linalg.det(m)
+    return (m[..., 0, 0] * (m[..., 1, 1] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 1])
+            - m[..., 0, 1] * (m[..., 1, 0] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 0])
+            + m[..., 0, 2] * (m[..., 1, 0] * m[..., 2, 1] - m[..., 1, 1] * m[..., 2, 0]))
 
 
 # ----------------------------------------------------------------------------------------
