@@ -27,7 +27,7 @@ class NLFTrainer(keras.Model):
       cfg: an EasyDict of settings (see `nlf_tf.config`).
     """
 
-    def __init__(self, model, cfg, **kwargs):
+    def __init__(self, model, cfg, pca_term=None, **kwargs):
         super().__init__(**kwargs)
         self.model = model
         # Plain attribute: Keras would turn a dict attribute into a tracked dict without the
@@ -41,6 +41,8 @@ class NLFTrainer(keras.Model):
             0, dtype='int64', trainable=False, name='train_counter')
         self._accumulators = None
         self._seed_states = None
+        # Optional `nlf_tf.pca_training.PCATerm` (its weighted loss joins the total).
+        self.pca_term = pca_term
 
     # ------------------------------------------------------------------------------------
     # Building
@@ -228,6 +230,11 @@ class NLFTrainer(keras.Model):
             inps = self.prepare_inputs(data)
             preds = self.forward_train(inps, training=training, key=key)
             losses = self.compute_losses(inps, preds)
+            pca_logs = {}
+            if self.pca_term is not None:
+                pca_logs = self.pca_term(inps, preds)
+                losses.loss = losses.loss + pca_logs[
+                    f'train_{self.pca_term.loss_name}_loss_weighted']
             regularization = self.model.losses
             if regularization:
                 losses.loss = losses.loss + tf.add_n(
@@ -243,6 +250,7 @@ class NLFTrainer(keras.Model):
         self.train_counter.assign_add(1)
 
         logs = dict(losses)
+        logs.update(pca_logs)
         logs.update(self.compute_metrics(inps, preds, training=True))
         logs['learning_rate'] = self._current_learning_rate()
         logs['loss_scale'] = self._current_loss_scale()

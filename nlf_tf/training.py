@@ -15,6 +15,7 @@ from absl import logging
 from nlf_tf import callbacks as callbacks_lib
 from nlf_tf import export as export_lib
 from nlf_tf import optimizer as optimizer_lib
+from nlf_tf import pca_training
 from nlf_tf import trainer as trainer_lib
 
 
@@ -58,23 +59,24 @@ def set_dtype_policy(dtype):
     keras.config.set_dtype_policy(policy)
 
 
-def build_data(cfg, start_step, num_steps):
-    """The joint table and the training dataset of micro-batches starting at `start_step`."""
+def build_data(cfg, start_step, end_step):
+    """The joint table and the training dataset of the micro-batches start_step..end_step-1
+    (the same elements, whatever the start, as in an uninterrupted run)."""
     if cfg.data == 'demo':
         from nlf_tf import demo_data
         joint_names, canonical_init = demo_data.demo_joint_table()
         dataset = demo_data.make_demo_dataset(
             proc_side=cfg.proc_side, num_points=cfg.num_points,
             batch_sizes=micro_batch_sizes(cfg), seed=cfg.seed, start_step=start_step,
-            pool_size=cfg.demo_pool_size, num_steps=num_steps)
+            pool_size=cfg.demo_pool_size, num_steps=end_step)
         return joint_names, canonical_init, dataset
     raise ConfigError(f'--data={cfg.data!r} is not a known data source (available: demo)')
 
 
-def build_trainer(cfg, joint_names, canonical_init):
+def build_trainer(cfg, joint_names, canonical_init, pca_term=None):
     from nlf_tf.model import NLFModel
     model = NLFModel(cfg, joint_names=joint_names, canonical_init=canonical_init)
-    trainer = trainer_lib.NLFTrainer(model, cfg)
+    trainer = trainer_lib.NLFTrainer(model, cfg, pca_term=pca_term)
     return model, trainer
 
 
@@ -98,15 +100,25 @@ def run_training(cfg, extra_callbacks=()):
 
     n = cfg.grad_accum_steps
     stop_step = cfg.stop_step or cfg.training_steps
-    joint_names, canonical_init, first_data = build_data(cfg, start_step=0, num_steps=1)
-    model, trainer = build_trainer(cfg, joint_names, canonical_init)
+    joint_names, canonical_init, first_data = build_data(cfg, start_step=0, end_step=1)
+    pca_term = None
+    if cfg.pca_loss:
+        # Fitted on the first batches of the training stream (deterministic from the seed);
+        # a resumed run restores the checkpointed parameters over it.
+        _, _, fit_data = build_data(cfg, start_step=0, end_step=cfg.pca_fit_batches)
+        try:
+            pca_term = pca_training.build_pca_term(cfg, joint_names, fit_data)
+        except (ValueError, TypeError, FileNotFoundError) as e:
+            raise ConfigError(f'PCA loss (--pca_*): {e}') from e
+    model, trainer = build_trainer(cfg, joint_names, canonical_init, pca_term)
     optimizer = _compile(trainer, model, cfg)
     example_batch = next(iter(first_data))
     trainer.build_for_training(example_batch)
 
+    extra = {'pca_loss': pca_term.layer} if pca_term is not None else {}
     checkpoint = tf.train.Checkpoint(
         model=model, optimizer=optimizer, train_counter=trainer.train_counter,
-        grad_accumulators=list(trainer._accumulators or []))
+        grad_accumulators=list(trainer._accumulators or []), **extra)
     manager = tf.train.CheckpointManager(
         checkpoint, checkpoint_dir, max_to_keep=cfg.max_checkpoints, checkpoint_name='ckpt')
     restore_path = cfg.load_path or manager.latest_checkpoint
@@ -122,7 +134,7 @@ def run_training(cfg, extra_callbacks=()):
     start = int(trainer.train_counter.numpy())
     remaining = stop_step * n - start
     if remaining > 0:
-        _, _, dataset = build_data(cfg, start_step=start, num_steps=remaining)
+        _, _, dataset = build_data(cfg, start_step=start, end_step=stop_step * n)
         cbs = [
             callbacks_lib.TensorBoardLogger(
                 trainer, cfg.logdir, log_period=cfg.log_period,
@@ -133,7 +145,7 @@ def run_training(cfg, extra_callbacks=()):
         logging.info('Training micro-steps %d..%d (%d optimizer steps of %d)',
                      start, stop_step * n, remaining // n, cfg.training_steps)
         try:
-            trainer.fit(dataset, epochs=1, steps_per_epoch=remaining, callbacks=cbs,
+            trainer.fit(dataset, epochs=1, steps_per_epoch=remaining, callbacks=cbs, shuffle=False,
                         verbose=cfg.verbose)
         except tf.errors.InvalidArgumentError as e:
             if 'Nonfinite' not in str(e):
