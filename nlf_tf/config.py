@@ -89,7 +89,14 @@ FLAG_TABLE = (
      'mobilenetv3small, mobilenetv3large, resnet50, resnet101, resnet152 ("_" may stand for "-").'),
     ('depth', 'int', 8, 'Depth bins of the 2.5D heatmap.'),
     ('backbone_link_dim', 'int', 512, 'Channels of the link layer.'),
-    ('field_type', 'str', 'vanilla', 'Localizer field positional encoding.'),
+    ('field_type', 'str', 'vanilla',
+     'Localizer field positional encoding: vanilla (no files) or gps (needs --field_gps_dir).'),
+    ('field_gps_dir', 'str', None,
+     'Folder with the GPS field assets (field_type=gps): gps_weights.npz (the encoder; convert '
+     'with nlf_tf.model.field.gps_weights_from_arrays), canonical_nodes3.npy and '
+     'canonical_eigval3.npy.'),
+    ('finetune_gps', 'bool', True,
+     'Fine-tune the pretrained GPS encoder (else frozen and gradient-stopped).'),
     ('field_posenc_dim', 'int', 1024, 'Positional-encoding features used by the field.'),
     ('field_hidden_layers', 'int', 1, 'Hidden layers of the field MLP.'),
     ('field_hidden_size', 'int', 384, 'Width of the field hidden layers.'),
@@ -97,6 +104,11 @@ FLAG_TABLE = (
     ('uncert_bias', 'float', 0.0, 'Added to the uncertainty before softplus.'),
     ('uncert_bias2', 'float', 0.001, 'Added to the uncertainty after softplus.'),
     ('trainable_canonical_joints', 'bool', True, 'Learn offsets of the canonical joints.'),
+    ('batch_renorm', 'bool', True,
+     'Batch renormalisation in backbone and link layer (clipping ramped from step 7500).'),
+    ('renorm_limit_scale', 'float', 1.0, 'Scales the ramped rmax/dmax renorm limits.'),
+    ('ghost_bn', 'str', '', 'Ghost batch norm with these comma-separated split sizes.'),
+    ('group_norm', 'bool', False, 'GroupNorm(32) instead of batch (re)normalisation.'),
     # --- PCA keypoint loss (lightning-pose's PCALoss) ---
     ('pca_loss', 'bool', False, 'Add the PCA keypoint-consistency loss of one dataset skeleton.'),
     ('pca_loss_name', 'str', 'pca_singleview', 'pca_singleview or pca_multiview.'),

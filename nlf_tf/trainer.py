@@ -225,6 +225,9 @@ class NLFTrainer(keras.Model):
     def train_step(self, data):
         key = self._step_key()
         self._reseed_stochastic_layers(key)
+        clipping = getattr(self.model, 'renorm_clipping', None)
+        if clipping is not None:
+            clipping.update(self.adjusted_train_counter())
         training = True
         with tf.GradientTape() as tape:
             inps = self.prepare_inputs(data)

@@ -285,7 +285,7 @@ def test_is_within_fov_case4_border_half():
     (0.5, 16, 240), (0.55, 17.6, 238.4), (0.6, 19.2, 236.8), (1, 32, 224), (0.75, 24, 232),
     (-20, -640, 896)])
 def test_is_within_fov_table(border_factor, lower, upper):
-    eps = 1e-3 * max(1, abs(lower)) if abs(lower) > 100 else 1e-3
+    eps = 1e-3
     coords = [[lower, lower], [upper, upper], [lower - eps, 128], [128, lower - eps],
               [upper + eps, 128], [128, upper + eps], [lower, upper]]
     assert fov(coords, border_factor=border_factor) == [True, True, False, False, False, False, True]

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from nlf_tf import config as config_lib
 from nlf_tf import reconstruction
-from nlf_tf.model import NLFModel, model_settings
+from nlf_tf.model import NLFModel, model_settings, normalization
 
 NAMES = ['pelv', 'lhip', 'rhip', 'neck', 'lknee', 'rknee', 'lthumb', 'rthumb']
 INIT = np.random.RandomState(0).uniform(-0.5, 0.5, (len(NAMES), 3)).astype(np.float32)
@@ -136,7 +136,8 @@ def test_momentum_adjustment_for_grad_accum():
     model = NLFModel(_cfg(grad_accum_steps=2), NAMES, INIT)
     assert model.heatmap_head.link_norm.momentum == pytest.approx(0.9 ** 0.5)
     backbone_bn = [layer for layer in model.backbone._flatten_layers()
-                   if isinstance(layer, keras.layers.BatchNormalization)]
+                   if isinstance(layer, (keras.layers.BatchNormalization,
+                                         normalization.BatchRenormalization))]
     assert backbone_bn and all(
         layer.momentum == pytest.approx(0.999 ** 0.5) for layer in backbone_bn)
 
@@ -209,3 +210,62 @@ def test_checkpoint_round_trip(tmp_path):
         for a, b in zip(model.weights, other.weights):
             assert a.path == b.path
             np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def _write_gps_assets(folder, posenc_dim=16, fourier=512, hidden=2048):
+    # The model builds the GPS encoder with NLF's sizes (512 Fourier features, 2048 hidden).
+    from nlf_tf.model import field as field_lib
+    rng = np.random.RandomState(5)
+    folder.mkdir()
+    field_lib.gps_weights_from_arrays(
+        W_r=rng.normal(0, 2, (3, fourier // 2)), dense1_kernel=rng.normal(0, 0.3, (fourier, hidden)),
+        dense1_bias=rng.normal(0, 0.1, hidden),
+        dense2_kernel=rng.normal(0, 0.3, (hidden, posenc_dim + 4)),
+        dense2_bias=rng.normal(0, 0.1, posenc_dim + 4),
+        path=str(folder / field_lib.GPS_WEIGHTS_FILE))
+    np.save(folder / field_lib.GPS_NODES_FILE, rng.uniform(-1, 1, (50, 3)))
+    np.save(folder / field_lib.GPS_EIGVAL_FILE, np.concatenate([[0.0], np.linspace(1, 9, 20)]))
+
+
+def test_gps_field_model_reloads_without_the_asset_files(tmp_path):
+    assets = tmp_path / 'gps'
+    _write_gps_assets(assets)
+    cfg = _cfg(field_type='gps', field_gps_dir=str(assets))
+    model = NLFModel(cfg, NAMES, INIT)
+    inputs = _inputs(seed=4)
+    expected = model(inputs, training=False)
+    config = model.get_config()
+    assert config['cfg']['field_gps_dir'] is None and config['gps_from_checkpoint']
+    clone = NLFModel.from_config(config)  # no files needed
+    clone.set_weights(model.get_weights())
+    got = clone(inputs, training=False)
+    for key in expected:
+        np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), atol=1e-6)
+
+
+def test_gps_field_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match='field_gps_dir'):
+        NLFModel(_cfg(field_type='gps', field_gps_dir=str(tmp_path / 'nowhere')), NAMES, INIT)
+
+
+@pytest.mark.parametrize('overrides, kind', [
+    (dict(), normalization.BatchRenormalization),
+    (dict(batch_renorm=False), keras.layers.BatchNormalization),
+    (dict(ghost_bn='1,1'), normalization.GhostBatchNormalization)])
+def test_normalizer_choice(overrides, kind):
+    # (GroupNorm(32) needs >= 32 channels everywhere, which MobileNetV3 does not have.)
+    model = NLFModel(_cfg(backbone_link_dim=32, **overrides), NAMES, INIT)
+    assert isinstance(model.heatmap_head.link_norm, kind)
+    backbone_kinds = {type(layer) for layer in model.backbone._flatten_layers()
+                      if 'normalization' in type(layer).__name__.lower()}
+    assert backbone_kinds == {kind}
+    if kind is normalization.BatchRenormalization:
+        # Every renorm layer shares the model's one set of clipping limits.
+        model.renorm_clipping.update(17500)
+        layers = [l for l in model.backbone._flatten_layers() if isinstance(l, kind)]
+        layers.append(model.heatmap_head.link_norm)
+        assert all(l.renorm_clipping is model.renorm_clipping for l in layers)
+        np.testing.assert_allclose(
+            [v.numpy() for v in model.renorm_clipping.values()], [3, 1 / 3, 5], rtol=1e-6)
+    out = model(_inputs(), training=True)
+    assert np.isfinite(out['coords3d'].numpy()).all()

@@ -384,19 +384,40 @@ def planar_scene_with_special_points(special_rel, special_uv):
 @pytest.mark.parametrize('mix_based_on_3d', [True, False])
 @pytest.mark.parametrize('mix', [None, 0.5])
 def test_case17_nonpositive_depth_gets_3d_estimate(weak, mix_based_on_3d, mix):
-    # Translated depths −0.5, 0.0005 and exactly 0 with the 2D prediction in the image centre.
-    special_rel = [[0.0, 0.0, -4.5], [0.0, 0.0, -3.9995], [0.01, 0.0, -4.0]]
-    special_uv = [[128, 128], [128, 128], [130, 128]]
-    uv, rel, intrinsics, validity = planar_scene_with_special_points(special_rel, special_uv)
-    result = reconstruct(uv, rel, intrinsics, mix_3d_inside_fov=mix, weak_perspective=weak,
-                         point_validity_mask=validity, border_factor1=1, border_factor2=0.55,
-                         mix_based_on_3d=mix_based_on_3d)
-    np.testing.assert_allclose(result[0, 20:], rel[0, 20:] + T_TRUE, atol=1e-4)
-    # And the regular points still use the 2D back-projection (inside FOV, positive depth).
-    normalized = np_unproject(uv, intrinsics)[0, :20]
-    expected_2d = np.concatenate([normalized, np.ones((20, 1))], -1) * 4.0
-    expected = expected_2d if mix is None else 0.5 * expected_2d + 0.5 * (rel[0, :20] + T_TRUE)
-    np.testing.assert_allclose(result[0, :20], expected, atol=1e-4)
+    # Translated 3D points with depth ≤ 0.001 whose (clamped) decision projections nevertheless
+    # land inside [17.6, 238.4], so that only the depth condition can reject them, and whose
+    # 2D-based estimate differs from the 3D one (2D prediction ≠ projection of the 3D point):
+    #   A (5e-5, −5e-5, 0.0005), 2D (200, 60): 3D proj (89, 39), 2D-based proj (100, 30);
+    #   B (3e-4, 3e-4, −2e-4), 2D (−300, −300): 3D proj (124.4, 124.4), 2D-based (60, 60);
+    #   C (2e-5, 0, 0.0008), 2D (30, 200): 3D proj (112.4, 102.4), 2D-based (24, 160).
+    # D, E: depth −0.5 and 0 with the 2D prediction near the centre.
+    special_abs = np.array([[5e-5, -5e-5, 0.0005], [3e-4, 3e-4, -2e-4], [2e-5, 0, 0.0008],
+                            [0, 0, -0.5], [0.01, 0, 0]])
+    special_uv = [[200, 60], [-300, -300], [30, 200], [128, 128], [130, 128]]
+    uv, rel, intrinsics, validity = planar_scene_with_special_points(
+        special_abs - T_TRUE, special_uv)
+    common = dict(weak_perspective=weak, point_validity_mask=validity, border_factor1=1,
+                  border_factor2=0.55, mix_based_on_3d=mix_based_on_3d)
+    # The translation the implementation found (t does not depend on mix); with mix = 1 every
+    # output is q + t.
+    t = (reconstruct(uv, rel, intrinsics, mix_3d_inside_fov=1.0, **common) - rel.astype(
+        np.float32))[0, 0]
+    np.testing.assert_allclose(t, T_TRUE, atol=1e-4)
+    abs_3d = rel.astype(np.float32) + t
+    normalized = np_unproject(uv, intrinsics)
+    abs_2d = np.concatenate([normalized, np.ones_like(normalized[..., :1])], -1) * abs_3d[..., 2:]
+    if mix is not None:
+        abs_2d = mix * abs_3d + (1 - mix) * abs_2d
+    # Meaningful only if the FOV part of the decision accepts A, B, C and the two candidate
+    # outputs differ clearly.
+    decision = np_project_pose(abs_3d if mix_based_on_3d else abs_2d, intrinsics)
+    assert np_is_within_fov(decision[:, 20:23], 0.55).all()
+    assert np.all(np.abs(abs_2d - abs_3d)[0, 20:23].max(axis=-1) > 5e-6)
+
+    result = reconstruct(uv, rel, intrinsics, mix_3d_inside_fov=mix, **common)
+    np.testing.assert_allclose(result[0, 20:], abs_3d[0, 20:], atol=1e-7)
+    # The regular points still use the (blended) 2D back-projection.
+    np.testing.assert_allclose(result[0, :20], abs_2d[0, :20], atol=1e-5)
 
 
 @pytest.mark.parametrize('weak', [True, False])

@@ -283,3 +283,18 @@ def test_cfg_stays_a_plain_easydict():
     trainer, _ = make_trainer()
     assert isinstance(trainer.cfg, easydict.EasyDict)
     assert trainer.cfg.proc_side == S
+
+
+def test_train_step_ramps_the_renorm_clipping_case46():
+    from nlf_tf.model import normalization
+    trainer, _ = make_trainer(grad_accum_steps=2)
+    trainer.model.renorm_clipping = normalization.RenormClipping()
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3), auto_scale_loss=False)
+    batch = make_batch(np.random.default_rng(9))
+    trainer.build_for_training(batch)
+    for counter, expected in ((2 * 7499, (1, 1, 0)), (2 * 12500, (2, 0.5, 2.5)),
+                              (2 * 17500 + 1, (3, 1 / 3, 5))):
+        trainer.train_counter.assign(counter)
+        trainer.train_step(batch)
+        np.testing.assert_allclose(
+            [v.numpy() for v in trainer.model.renorm_clipping.values()], expected, rtol=1e-6)

@@ -14,8 +14,9 @@ import tensorflow as tf
 
 from nlf_tf import geometry
 from nlf_tf.model import field as field_lib
+from nlf_tf.model import normalization
 
-NORMALIZERS = ('batchnorm', 'groupnorm')
+NORMALIZERS = normalization.KINDS
 
 
 # ----------------------------------------------------------------------------------------
@@ -125,14 +126,16 @@ def link_kernel_constraint(constrain_kernel_norm, constraint_rate=1.0, axis=(0, 
         axis=list(axis))
 
 
-def build_normalizer(normalizer, momentum=0.9, epsilon=1e-3, name=None):
-    """The link layer's normaliser: 'batchnorm' (momentum, epsilon) or 'groupnorm' (32 groups,
-    as NLF's --group-norm; the channel count must be divisible by 32)."""
-    if normalizer == 'batchnorm':
-        return keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=name)
-    if normalizer == 'groupnorm':
-        return keras.layers.GroupNormalization(groups=32, epsilon=epsilon, name=name)
-    raise ValueError(f'normalizer must be one of {NORMALIZERS}, got {normalizer!r}')
+def build_normalizer(normalizer, momentum=0.9, epsilon=1e-3, name=None, ghost_splits=None):
+    """The link layer's normaliser, one of `normalization.KINDS`: batch renormalisation (its
+    clipping limits are linked by the model that owns them), plain batch norm, ghost batch norm
+    (`ghost_splits`) or GroupNorm(32) (the channel count must be divisible by 32)."""
+    if normalizer not in NORMALIZERS:
+        raise ValueError(f'normalizer must be one of {NORMALIZERS}, got {normalizer!r}')
+    if normalizer == 'batchrenorm':
+        return normalization.BatchRenormalization(momentum=momentum, epsilon=epsilon, name=name)
+    return normalization.make_normalizer(
+        normalizer, momentum=momentum, epsilon=epsilon, ghost_splits=ghost_splits, name=name)
 
 
 # ----------------------------------------------------------------------------------------
@@ -158,7 +161,9 @@ class LocalizerHead(keras.layers.Layer):
                  lbo_eigval_regul=1e-4,
                  canonical_center=field_lib.DEFAULT_CANONICAL_CENTER,
                  canonical_extent=field_lib.DEFAULT_CANONICAL_EXTENT, field_type='vanilla',
-                 normalizer='batchnorm', norm_momentum=0.9, norm_epsilon=1e-3, **kwargs):
+                 field_finetune_gps=True, field_gps_dir=None, field_gps_from_checkpoint=False,
+                 normalizer='batchnorm', norm_momentum=0.9, norm_epsilon=1e-3,
+                 ghost_splits=None, **kwargs):
         # Canonical points must reach the field as float32; the sublayers cast for themselves.
         kwargs.setdefault('autocast', False)
         super().__init__(**kwargs)
@@ -194,14 +199,19 @@ class LocalizerHead(keras.layers.Layer):
             kernel_constraint=link_kernel_constraint(
                 self.constrain_kernel_norm, self.constraint_rate),
             name='link_conv')
+        self.ghost_splits = (None if ghost_splits is None
+                             else list(normalization.parse_ghost_splits(ghost_splits)))
         self.link_norm = build_normalizer(
-            normalizer, self.norm_momentum, self.norm_epsilon, name='link_norm')
+            normalizer, self.norm_momentum, self.norm_epsilon, name='link_norm',
+            ghost_splits=self.ghost_splits)
         self.link_activation = keras.layers.Activation('silu', name='link_activation')
         self.field = field_lib.LocalizerField(
             posenc_dim=field_posenc_dim, hidden_layers=field_hidden_layers,
             hidden_size=field_hidden_size, link_dim=self.backbone_link_dim, depth=self.depth,
             eigval_regul=lbo_eigval_regul, canonical_center=canonical_center,
-            canonical_extent=canonical_extent, field_type=field_type, name='field')
+            canonical_extent=canonical_extent, field_type=field_type,
+            finetune_gps=field_finetune_gps, gps_dir=field_gps_dir,
+            gps_from_checkpoint=field_gps_from_checkpoint, name='field')
 
     def build(self, features_shape, canonical_points_shape=None):
         features_shape = tuple(features_shape)
@@ -274,9 +284,13 @@ class LocalizerHead(keras.layers.Layer):
             'canonical_center': list(f.canonical_center),
             'canonical_extent': list(f.canonical_extent),
             'field_type': f.field_type,
+            'field_finetune_gps': f.finetune_gps,
+            # A reloaded GPS field takes its encoder, box and scales from the saved weights.
+            'field_gps_from_checkpoint': f.field_type == 'gps',
             'normalizer': self.normalizer,
             'norm_momentum': self.norm_momentum,
             'norm_epsilon': self.norm_epsilon,
+            'ghost_splits': self.ghost_splits,
         }
 
 

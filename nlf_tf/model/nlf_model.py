@@ -17,6 +17,7 @@ from nlf_tf import reconstruction
 from nlf_tf.model import backbone as backbone_lib
 from nlf_tf.model import canonical as canonical_lib
 from nlf_tf.model import head as head_lib
+from nlf_tf.model import normalization
 
 # The settings the model depends on (names of nlf_tf.config); get_config stores exactly these.
 MODEL_SETTINGS = (
@@ -25,8 +26,19 @@ MODEL_SETTINGS = (
     'uncert_bias2', 'box_size_m', 'stride_train', 'stride_test', 'centered_stride',
     'constrain_kernel_norm', 'constraint_rate', 'trainable_canonical_joints',
     'fullpersp_l2_regul', 'weak_perspective', 'mix_3d_inside_fov', 'nll_loss',
-    'fix_uncert_factor', 'min_depth', 'grad_accum_steps',
+    'fix_uncert_factor', 'min_depth', 'grad_accum_steps', 'field_gps_dir', 'finetune_gps',
+    'batch_renorm', 'renorm_limit_scale', 'ghost_bn', 'group_norm',
 )
+
+
+def normalizer_kind(cfg):
+    """The normaliser of backbone and link layer chosen by the settings (NLF's precedence:
+    group norm, then ghost BN, then batch renormalisation, else plain batch norm)."""
+    if cfg.group_norm:
+        return 'groupnorm'
+    if cfg.ghost_bn:
+        return 'ghostbn'
+    return 'batchrenorm' if cfg.batch_renorm else 'batchnorm'
 
 # Points whose (unscaled) uncertainty is at least this are left out of the translation solve
 # at inference when the NLL loss is on.
@@ -57,7 +69,7 @@ class NLFModel(keras.Model):
     number of replicas of the distribution strategy active at construction (NLF §6.1).
     """
 
-    def __init__(self, cfg, joint_names, canonical_init, **kwargs):
+    def __init__(self, cfg, joint_names, canonical_init, gps_from_checkpoint=False, **kwargs):
         # Intrinsics and canonical points must stay float32; the sublayers cast for themselves.
         kwargs.setdefault('autocast', False)
         super().__init__(**kwargs)
@@ -68,8 +80,19 @@ class NLFModel(keras.Model):
             raise ValueError(f'grad_accum_steps must be >= 1, got {c.grad_accum_steps}')
         num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
 
-        self.backbone = backbone_lib.build_backbone(c.backbone, c.proc_side)
-        backbone_lib.adjust_batchnorm_momenta(self.backbone, c.grad_accum_steps, num_replicas)
+        kind = normalizer_kind(c)
+        ghost_splits = c.ghost_bn or None
+        # One shared set of renorm clipping limits, ramped by the trainer (NLF §7.5).
+        self.renorm_clipping = (
+            normalization.RenormClipping(renorm_limit_scale=c.renorm_limit_scale,
+                                         name='renorm_clipping')
+            if kind == 'batchrenorm' else None)
+        backbone = backbone_lib.build_backbone(c.backbone, c.proc_side)
+        backbone_lib.adjust_batchnorm_momenta(backbone, c.grad_accum_steps, num_replicas)
+        if kind != 'batchnorm':
+            backbone = normalization.convert_batchnorms(
+                backbone, kind, renorm_clipping=self.renorm_clipping, ghost_splits=ghost_splits)
+        self.backbone = backbone
         self.heatmap_head = head_lib.LocalizerHead(
             proc_side=c.proc_side, stride_train=c.stride_train, stride_test=c.stride_test,
             centered_stride=c.centered_stride, box_size_m=c.box_size_m, depth=c.depth,
@@ -78,8 +101,11 @@ class NLFModel(keras.Model):
             constraint_rate=c.constraint_rate, field_posenc_dim=c.field_posenc_dim,
             field_hidden_layers=c.field_hidden_layers, field_hidden_size=c.field_hidden_size,
             lbo_eigval_regul=c.lbo_eigval_regul, field_type=c.field_type,
+            field_finetune_gps=bool(c.finetune_gps), field_gps_dir=c.field_gps_dir,
+            field_gps_from_checkpoint=bool(gps_from_checkpoint),
             norm_momentum=backbone_lib.adjusted_norm_momentum(
                 0.9, c.grad_accum_steps, num_replicas),
+            normalizer=kind, ghost_splits=ghost_splits,
             name='heatmap_head')
         feature_side = c.proc_side // backbone_lib.OUTPUT_STRIDE
         backbone_channels = self.backbone.output.shape[-1]
@@ -87,6 +113,8 @@ class NLFModel(keras.Model):
         self.canonical_joints = canonical_lib.CanonicalJoints(
             joint_names, canonical_init, trainable=bool(c.trainable_canonical_joints),
             name='canonical_joints')
+        if self.renorm_clipping is not None:
+            normalization.link_renorm_clipping(self, self.renorm_clipping)
         # All parts are built above; mark the model built so that weight saving and optimizer
         # construction work before the first call.
         self.built = True
@@ -135,9 +163,14 @@ class NLFModel(keras.Model):
                     coords3d=coords3d)
 
     def get_config(self):
+        settings = dict(self._settings)
+        gps = settings['field_type'] == 'gps'
+        if gps:
+            settings['field_gps_dir'] = None  # the GPS assets travel as weights
         return {
             'name': self.name,
-            'cfg': dict(self._settings),
+            'cfg': settings,
+            'gps_from_checkpoint': gps,
             'joint_names': list(self.canonical_joints.joint_names),
             'canonical_init': self.canonical_joints.initial_positions.tolist(),
         }
