@@ -19,7 +19,9 @@ FLAG_TABLE = (
     ('checkpoint_dir', 'str', None, 'Checkpoint folder (default: --logdir).'),
     ('load_path', 'str', None, 'Checkpoint to resume from (default: latest in checkpoint_dir).'),
     ('init_path', 'str', None, 'Checkpoint to initialise the weights from (not a resume).'),
-    ('load_backbone_from', 'str', None, 'Weights file to initialise the backbone from.'),
+    ('load_backbone_from', 'str', None,
+     'Local weights file (.weights.h5, .keras or .h5) of the same backbone architecture; layers '
+     'are matched by name and shape and a report of matched/skipped layers is logged.'),
     ('export_file', 'str', None,
      'Export the inference SavedModel here (default: <checkpoint_dir>/model) at the end.'),
     ('train', 'bool', True, 'Run training.'),

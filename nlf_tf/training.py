@@ -111,6 +111,10 @@ def run_training(cfg, extra_callbacks=()):
         except (ValueError, TypeError, FileNotFoundError) as e:
             raise ConfigError(f'PCA loss (--pca_*): {e}') from e
     model, trainer = build_trainer(cfg, joint_names, canonical_init, pca_term)
+    if cfg.load_backbone_from:
+        from nlf_tf.model import backbone as backbone_lib
+        report = backbone_lib.load_backbone_weights(model.backbone, cfg.load_backbone_from)
+        logging.info('%s', report.summary())
     optimizer = _compile(trainer, model, cfg)
     example_batch = next(iter(first_data))
     trainer.build_for_training(example_batch)

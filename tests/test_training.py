@@ -92,11 +92,17 @@ def test_resumed_run_continues_exactly(tmp_path, deterministic_ops):
                                        err_msg=f'{name} at step {step}')
 
 
-def test_grad_accumulation_run_and_bad_batch_config(tmp_path):
-    cfg = tiny_cfg(tmp_path / 'acc', grad_accum_steps=2, training_steps=2, image_summary_period=0)
-    trainer = training.run_training(cfg)
+def test_grad_accumulation_mixed_float16_run_and_bad_batch_config(tmp_path):
+    cfg = tiny_cfg(tmp_path / 'acc', grad_accum_steps=2, training_steps=2, image_summary_period=0,
+                   dtype='float16')
+    recorder = callbacks.StepRecorder()
+    trainer = training.run_training(cfg, extra_callbacks=[recorder])
     assert int(trainer.train_counter.numpy()) == 4
     assert int(trainer.optimizer.iterations.numpy()) == 2
+    # Mixed precision: float16 features, float32 losses, the original's fixed loss scale.
+    assert trainer.model.backbone.compute_dtype == 'float16'
+    for logs in recorder.logs:
+        assert np.isfinite(logs['loss']) and logs['loss_scale'] == 128.0
     with pytest.raises(training.ConfigError, match='batch_size_parametric'):
         training.validate_config(tiny_cfg(tmp_path, grad_accum_steps=2, batch_size_parametric=3))
     with pytest.raises(training.ConfigError, match='training_steps'):

@@ -87,7 +87,8 @@ class NLFModel(keras.Model):
             normalization.RenormClipping(renorm_limit_scale=c.renorm_limit_scale,
                                          name='renorm_clipping')
             if kind == 'batchrenorm' else None)
-        backbone = backbone_lib.build_backbone(c.backbone, c.proc_side)
+        backbone = backbone_lib.build_backbone(
+            c.backbone, c.proc_side, centered_stride=bool(c.centered_stride))
         backbone_lib.adjust_batchnorm_momenta(backbone, c.grad_accum_steps, num_replicas)
         if kind != 'batchnorm':
             backbone = normalization.convert_batchnorms(
