@@ -12,3 +12,10 @@ def _reset_dtype_policy():
     keras.config.set_dtype_policy('float32')
     yield
     keras.config.set_dtype_policy('float32')
+
+
+@pytest.fixture
+def mixed_policy():
+    """Runs a test under the mixed_float16 policy (restored by _reset_dtype_policy)."""
+    keras.config.set_dtype_policy('mixed_float16')
+    yield

@@ -11,14 +11,6 @@ INIT = np.random.RandomState(0).uniform(-0.8, 0.8, (len(NAMES), 3)).astype(np.fl
 IDX = {n: i for i, n in enumerate(NAMES)}
 
 
-@pytest.fixture
-def mixed_policy():
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy('mixed_float16')
-    yield
-    keras.config.set_dtype_policy(previous)
-
-
 def test_hand_joint_rule():
     hand = canonical_lib.is_hand_joint
     assert hand('lthumb3_x') and hand('rpinky1') and hand('lindex') and hand('rmiddle_tip')

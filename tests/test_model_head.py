@@ -14,14 +14,6 @@ HEAD_KWARGS = dict(proc_side=64, depth=DEPTH, backbone_link_dim=LINK, field_pose
                    field_hidden_size=16, box_size_m=2.2)
 
 
-@pytest.fixture
-def mixed_policy():
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy('mixed_float16')
-    yield
-    keras.config.set_dtype_policy(previous)
-
-
 def _make_head(feature_channels=12, **kwargs):
     head = head_lib.LocalizerHead(**dict(HEAD_KWARGS, **kwargs))
     head.build((None, 2, 2, feature_channels))

@@ -13,14 +13,6 @@ SMALL = dict(proc_side=64, backbone='mobilenetv3small', backbone_link_dim=16,
              field_posenc_dim=16, field_hidden_size=16, depth=4)
 
 
-@pytest.fixture
-def mixed_policy():
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy('mixed_float16')
-    yield
-    keras.config.set_dtype_policy(previous)
-
-
 def _cfg(**overrides):
     return config_lib.default_config(**dict(SMALL, **overrides))
 
