@@ -36,8 +36,12 @@ setup(
         'easydict',
         'absl-py',
         'tensorboard',
+        'scipy',  # reads the MATLAB .mat files of MADS and DensePose
     ],
-    extras_require={'test': ['pytest']},
+    extras_require={
+        'test': ['pytest'],
+        'video': ['imageio', 'imageio-ffmpeg'],  # decodes MADS videos at prepare time
+    },
     entry_points={'console_scripts': [
         'nlf-tf-train=nlf_tf.cli.train:run',
     ]},

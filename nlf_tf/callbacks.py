@@ -151,3 +151,48 @@ class StepRecorder(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.steps.append(int(self.model.train_counter.numpy()) - 1)
         self.logs.append({k: _to_float(v) for k, v in (logs or {}).items()})
+
+
+class ProgressPrinter(keras.callbacks.Callback):
+    """One concise line every `period` optimizer steps: step, the main losses and errors
+    (averaged over the period), steps per second and the remaining time."""
+
+    KEYS = ('loss', 'mean_error', 'mean_error_kp', 'mean_error_px_2d', 'learning_rate')
+
+    def __init__(self, trainer, total_steps, period=50, print_fn=print):
+        super().__init__()
+        self.trainer = trainer
+        self.total_steps = int(total_steps)
+        self.period = max(1, int(period))
+        self.print_fn = print_fn
+        self._sums = collections.defaultdict(float)
+        self._count = 0
+        self._last = None
+
+    def on_train_begin(self, logs=None):
+        self._last = (time.perf_counter(), self._step())
+
+    def _step(self):
+        return int(self.trainer.train_counter.numpy()) // self.trainer.grad_accum_steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        for key in self.KEYS:
+            if key in logs:
+                self._sums[key] += _to_float(logs[key])
+        self._count += 1
+        counter = int(self.trainer.train_counter.numpy())
+        step = counter // self.trainer.grad_accum_steps
+        if counter % self.trainer.grad_accum_steps or (
+                step % self.period and step != self.total_steps):
+            return
+        now = time.perf_counter()
+        rate = (step - self._last[1]) / max(now - self._last[0], 1e-9)
+        remaining = (self.total_steps - step) / rate if rate > 0 else float('nan')
+        values = ' '.join(
+            f'{k}={self._sums[k] / self._count:.4g}' for k in self.KEYS if k in self._sums)
+        self.print_fn(f'step {step}/{self.total_steps} {values} '
+                      f'({rate:.2f} steps/s, {remaining / 60:.1f} min left)')
+        self._sums.clear()
+        self._count = 0
+        self._last = (now, step)

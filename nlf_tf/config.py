@@ -39,7 +39,8 @@ FLAG_TABLE = (
     ('validate_period', 'int', None, 'Validation every N steps (off by default).'),
     ('multi_gpu', 'bool', False, 'Deprecated name of --distribution=mirrored.'),
     ('jit_compile', 'bool', False, 'Compile the training step with XLA.'),
-    ('verbose', 'int', 1, 'Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.'),
+    ('verbose', 'int', 1,
+     'Console output: 0 silent, 1 one line every max(log_period, 50) steps, 2 Keras progress bar.'),
     # --- optimizer and schedule ---
     ('weight_decay', 'float', 3e-3, 'Numerator of the decoupled weight-decay coefficient.'),
     ('decay_field', 'bool', False, 'Also apply weight decay to the localizer field.'),

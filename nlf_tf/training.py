@@ -146,11 +146,15 @@ def run_training(cfg, extra_callbacks=()):
                 comment=cfg.comment),
             callbacks_lib.CheckpointSaver(trainer, manager, cfg.checkpoint_period),
             *extra_callbacks]
+        if cfg.verbose == 1:
+            cbs.append(callbacks_lib.ProgressPrinter(
+                trainer, stop_step, period=max(cfg.log_period, 50), print_fn=_print_flush))
         logging.info('Training micro-steps %d..%d (%d optimizer steps of %d)',
                      start, stop_step * n, remaining // n, cfg.training_steps)
         try:
+            # verbose 2 shows Keras' own progress bar (with every logged value).
             trainer.fit(dataset, epochs=1, steps_per_epoch=remaining, callbacks=cbs, shuffle=False,
-                        verbose=cfg.verbose)
+                        verbose=1 if cfg.verbose == 2 else 0)
         except tf.errors.InvalidArgumentError as e:
             if 'Nonfinite' not in str(e):
                 raise
@@ -170,3 +174,7 @@ def run_training(cfg, extra_callbacks=()):
     export_lib.export_inference_model(model, cfg, export_path)
     logging.info('Exported the inference model to %s', export_path)
     return trainer
+
+
+def _print_flush(text):
+    print(text, flush=True)
