@@ -10,7 +10,6 @@ import os
 
 import keras
 import tensorflow as tf
-from absl import logging
 
 from nlf_tf import callbacks as callbacks_lib
 from nlf_tf import export as export_lib
@@ -114,7 +113,7 @@ def run_training(cfg, extra_callbacks=()):
     if cfg.load_backbone_from:
         from nlf_tf.model import backbone as backbone_lib
         report = backbone_lib.load_backbone_weights(model.backbone, cfg.load_backbone_from)
-        logging.info('%s', report.summary())
+        _print_flush(report.summary())
     optimizer = _compile(trainer, model, cfg)
     example_batch = next(iter(first_data))
     trainer.build_for_training(example_batch)
@@ -127,10 +126,10 @@ def run_training(cfg, extra_callbacks=()):
         checkpoint, checkpoint_dir, max_to_keep=cfg.max_checkpoints, checkpoint_name='ckpt')
     restore_path = cfg.load_path or manager.latest_checkpoint
     if restore_path:
-        logging.info('Resuming from %s', restore_path)
+        _print_flush(f'Resuming from {restore_path}')
         checkpoint.restore(restore_path).assert_existing_objects_matched()
     elif cfg.init_path:
-        logging.info('Initialising weights from %s', cfg.init_path)
+        _print_flush(f'Initialising weights from {cfg.init_path}')
         tf.train.Checkpoint(model=model).restore(cfg.init_path).expect_partial()
     if cfg.completed_steps is not None:
         trainer.train_counter.assign(cfg.completed_steps * n)
@@ -149,8 +148,8 @@ def run_training(cfg, extra_callbacks=()):
         if cfg.verbose == 1:
             cbs.append(callbacks_lib.ProgressPrinter(
                 trainer, stop_step, period=max(cfg.log_period, 50), print_fn=_print_flush))
-        logging.info('Training micro-steps %d..%d (%d optimizer steps of %d)',
-                     start, stop_step * n, remaining // n, cfg.training_steps)
+        _print_flush(f'Training micro-steps {start}..{stop_step * n} '
+                     f'({remaining // n} optimizer steps of {cfg.training_steps})')
         try:
             # verbose 2 shows Keras' own progress bar (with every logged value).
             trainer.fit(dataset, epochs=1, steps_per_epoch=remaining, callbacks=cbs, shuffle=False,
@@ -165,14 +164,14 @@ def run_training(cfg, extra_callbacks=()):
                 f'A non-finite loss stopped training at micro-step {counter}; the state was '
                 f'saved to {path}. Original error: {e.message}') from e
     else:
-        logging.info('Nothing to train: the checkpoint is at step %d of %d.', start // n, stop_step)
+        _print_flush(f'Nothing to train: the checkpoint is at step {start // n} of {stop_step}.')
 
     if cfg.ema_momentum < 1:
         # Write the averaged weights into the model before it is exported.
         optimizer.finalize_variable_values(model.trainable_variables)
     export_path = cfg.export_file or os.path.join(checkpoint_dir, 'model')
     export_lib.export_inference_model(model, cfg, export_path)
-    logging.info('Exported the inference model to %s', export_path)
+    _print_flush(f'Exported the inference model to {export_path}')
     return trainer
 
 

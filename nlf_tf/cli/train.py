@@ -18,7 +18,9 @@ def main(argv):
         raise app.UsageError(f'Unexpected positional arguments: {argv[1:]}')
     from nlf_tf import training  # Imported late: flags must parse (and --help work) fast.
     cfg = config.config_from_flags(FLAGS)
-    logging.set_verbosity(logging.INFO)
+    # TensorFlow logs its internal chatter (checkpoint sharding, SavedModel assets) through
+    # absl at INFO; the run's own messages are printed by the training loop.
+    logging.set_verbosity(logging.WARNING)
     try:
         training.run_training(cfg)
     except training.ConfigError as e:
