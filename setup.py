@@ -44,6 +44,7 @@ setup(
     },
     entry_points={'console_scripts': [
         'nlf-tf-train=nlf_tf.cli.train:run',
+        'nlf-tf-prepare=nlf_tf.cli.prepare:run',
     ]},
     cmdclass={'build_py': BuildPyWithSpecs},
 )
