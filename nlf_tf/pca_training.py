@@ -12,7 +12,7 @@ as lightning-pose averages over all entries.
 import numpy as np
 import tensorflow as tf
 
-from nlf_tf import geometry, specs
+from nlf_tf import geometry, joint_table, specs
 from nlf_tf.pca_loss import PCALoss
 
 DEFAULT_CATEGORY = {'2d': 'kp2d', '3d': 'kp3d'}
@@ -23,18 +23,19 @@ def skeleton_joint_ids(spec_name, joint_table_names):
     order, and the index of its root joint among them."""
     spec = specs.load_spec(spec_name)
     where = f'data spec {specs.spec_path(spec_name)}'
-    names = spec.get('table_joint_names', spec.get('joint_names'))
-    if not names:
+    raw_names = spec.get('joint_names')
+    if not raw_names:
         raise ValueError(f'{where} has no "joint_names"')
+    names = joint_table.table_joint_names(spec)  # with the dataset's suffix, e.g. pelv_mads
     table = {n: i for i, n in enumerate(joint_table_names)}
     unknown = [n for n in names if n not in table]
     if unknown:
         raise ValueError(
             f'{where}: joint_names {unknown} are not in the global joint table of this run')
     root = spec.get('root_joint')
-    if root not in names:
-        raise ValueError(f'{where}: root_joint {root!r} is not one of its joint_names')
-    return np.array([table[n] for n in names], np.int32), names.index(root)
+    # Without a root (e.g. COCO) 3D labels are made relative to the first joint.
+    root_index = raw_names.index(root) if root in raw_names else 0
+    return np.array([table[n] for n in names], np.int32), root_index
 
 
 def gather_skeleton(values, point_ids, validity, joint_ids):

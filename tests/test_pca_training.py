@@ -18,6 +18,11 @@ def test_skeleton_joint_ids_and_errors(tmp_path, monkeypatch):
     # A table that lacks a joint of the spec is named in the error.
     with pytest.raises(ValueError, match=r"joint_names \['rwri'\]"):
         pca_training.skeleton_joint_ids('demo', NAMES[:-1])
+    # Dataset skeletons are looked up by their suffixed table names.
+    from nlf_tf import joint_table
+    table, _ = joint_table.build_joint_table(['coco', 'mads'])
+    ids, root = pca_training.skeleton_joint_ids('mads', table)
+    assert [table[i] for i in ids][:2] == ['neck_mads', 'pelv_mads'] and root == 1
 
 
 def test_gather_skeleton():
