@@ -22,7 +22,7 @@ class TensorBoardLogger(keras.callbacks.Callback):
     crops with GT (green) and predicted (red) points."""
 
     def __init__(self, trainer, logdir, log_period=10, image_period=200, summary_batch=None,
-                 comment=None, max_images=4):
+                 comment=None, max_images=4, skip_counter=None):
         super().__init__()
         self.trainer = trainer
         self.writer = tf.summary.create_file_writer(logdir)
@@ -31,6 +31,8 @@ class TensorBoardLogger(keras.callbacks.Callback):
         self.summary_batch = summary_batch
         self.comment = comment
         self.max_images = max_images
+        # Bad input records skipped by the data pipeline so far, per category (int64 [4]).
+        self.skip_counter = skip_counter
         self._sums = collections.defaultdict(float)
         self._counts = collections.defaultdict(int)
         self._last_time = None
@@ -64,6 +66,10 @@ class TensorBoardLogger(keras.callbacks.Callback):
         with self.writer.as_default():
             for name in sorted(self._sums):
                 tf.summary.scalar(name, self._sums[name] / self._counts[name], step=step)
+            if self.skip_counter is not None:
+                counts = np.asarray(self.skip_counter.numpy())
+                for category, count in zip(('param', 'kp3d', 'dense', 'kp2d'), counts):
+                    tf.summary.scalar(f'skipped_records_{category}', float(count), step=step)
             if self._last_step is not None and step > self._last_step:
                 tf.summary.scalar(
                     'steps_per_sec', (step - self._last_step) / max(now - self._last_time, 1e-9),

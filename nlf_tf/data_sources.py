@@ -1,0 +1,124 @@
+"""Where a run's training data comes from: the built-in demo, or folders written by
+`nlf-tf-prepare` (one dataset split each), mixed per category by dataset weights.
+
+`build_data(cfg, start_step, end_step)` returns the global canonical joint table and the
+micro-batch dataset of the steps start_step..end_step-1, plus, for prepared data, the in-graph
+counter of bad records that were skipped (logged to TensorBoard by the training loop).
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from nlf_tf import joint_table
+
+
+class DataConfigError(ValueError):
+    """A data setting is wrong; the message names the flag and the file."""
+
+
+@dataclasses.dataclass
+class TrainingData:
+    joint_names: list
+    canonical_init: np.ndarray
+    dataset: tf.data.Dataset
+    skip_counter: tf.Variable = None  # int64 [4]: bad records skipped per category
+
+
+def micro_batch_sizes(cfg):
+    """Per-micro-step sub-batch sizes: each configured size is global per optimizer step and
+    is divided by grad_accum_steps."""
+    n = cfg.grad_accum_steps
+    sizes = {}
+    for name, flag in (('param', 'batch_size_parametric'), ('kp3d', 'batch_size'),
+                       ('dense', 'batch_size_densepose'), ('kp2d', 'batch_size_2d')):
+        size = cfg[flag]
+        if size < 0 or size % n != 0:
+            raise DataConfigError(
+                f'--{flag}={size} must be a non-negative multiple of --grad_accum_steps={n}')
+        sizes[name] = size // n
+    return sizes
+
+
+def parse_weights(text):
+    """'mads:2,coco:4' → {'mads': 2.0, 'coco': 4.0}."""
+    weights = {}
+    for item in (text or '').split(','):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition(':')
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            sep = ''
+        if not sep or weights.get(name.strip(), -1) < 0:
+            raise DataConfigError(
+                f'--dataset_weights must look like "mads:2,coco:4", got {item!r}')
+    return weights
+
+
+def prepared_sources(dirs, weights_text=None):
+    """(dataset, category, files, weight) of every `nlf-tf-prepare` output folder."""
+    from nlf_tf import specs
+    overrides = parse_weights(weights_text)
+    sources = []
+    for folder in dirs:
+        manifest_path = os.path.join(folder, 'manifest.json')
+        if not os.path.isfile(manifest_path):
+            raise DataConfigError(
+                f'--prepared_dirs: {folder} has no manifest.json; run nlf-tf-prepare on it '
+                f'(an interrupted run is completed by running it again)')
+        try:
+            with open(manifest_path, encoding='utf-8') as f:
+                manifest = json.load(f)
+            dataset, category = manifest['dataset'], manifest['category']
+            files = [os.path.join(folder, s['file']) for s in manifest['shards']]
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataConfigError(f'{manifest_path}: not a valid nlf-tf-prepare manifest ({e})')
+        missing = [p for p in files if not os.path.isfile(p)]
+        if missing:
+            raise DataConfigError(f'{manifest_path}: shard files are missing: {missing[:3]}')
+        if not files or not manifest.get('num_examples'):
+            raise DataConfigError(f'{manifest_path}: the folder holds no examples')
+        weight = overrides.get(dataset, specs.load_spec(dataset).get('weight', 1.0))
+        sources.append((dataset, category, files, float(weight)))
+    unknown = set(overrides) - {s[0] for s in sources}
+    if unknown:
+        raise DataConfigError(f'--dataset_weights names datasets without data: {sorted(unknown)}')
+    return sources
+
+
+def build_data(cfg, start_step, end_step):
+    """The `TrainingData` of the micro-steps start_step..end_step-1 (identical elements,
+    whatever the start, to those of an uninterrupted run)."""
+    if cfg.data == 'demo':
+        from nlf_tf import demo_data
+        joint_names, canonical_init = demo_data.demo_joint_table()
+        dataset = demo_data.make_demo_dataset(
+            proc_side=cfg.proc_side, num_points=cfg.num_points,
+            batch_sizes=micro_batch_sizes(cfg), seed=cfg.seed, start_step=start_step,
+            pool_size=cfg.demo_pool_size, num_steps=end_step)
+        return TrainingData(joint_names, canonical_init, dataset)
+    if cfg.data == 'prepared':
+        from nlf_tf.data import pipeline
+        dirs = [d.strip() for d in (cfg.prepared_dirs or '').split(',') if d.strip()]
+        if not dirs:
+            raise DataConfigError('--data=prepared needs --prepared_dirs (comma-separated '
+                                  'output folders of nlf-tf-prepare)')
+        sources = prepared_sources(dirs, cfg.dataset_weights)
+        names = sorted({dataset for dataset, category, _, _ in sources if category != 'param'})
+        joint_names, canonical_init = joint_table.build_joint_table(names)
+        skip_counter = tf.Variable(tf.zeros([4], tf.int64), trainable=False,
+                                   name='skipped_records')
+        try:
+            dataset = pipeline.make_training_dataset(
+                cfg, sources, joint_names, start_step=start_step, end_step=end_step,
+                skip_counter=skip_counter)
+        except ValueError as e:
+            raise DataConfigError(str(e)) from e
+        return TrainingData(joint_names, canonical_init, dataset, skip_counter)
+    raise DataConfigError(
+        f'--data={cfg.data!r} is not a known data source (available: demo, prepared)')
