@@ -41,6 +41,8 @@ class NLFTrainer(keras.Model):
             0, dtype='int64', trainable=False, name='train_counter')
         self._accumulators = None
         self._seed_states = None
+        # Number of times train_step was traced (a retracing check for tests and benchmarks).
+        self.train_step_traces = 0
         # Optional `nlf_tf.pca_training.PCATerm` (its weighted loss joins the total).
         self.pca_term = pca_term
 
@@ -57,13 +59,26 @@ class NLFTrainer(keras.Model):
         if self.optimizer is not None and not self.optimizer.built:
             self.optimizer.build(self.model.trainable_variables)
         if self.grad_accum_steps > 1 and self._accumulators is None:
+            # Replica-local sums of the replica's own gradients (on_read): under a strategy
+            # they are all-reduced once per update by the optimizer. 'mean' aggregation makes
+            # a checkpoint hold their mean and a restore give every replica that mean, so the
+            # all-reduced sum is unchanged by a resume on the same number of replicas.
             self._accumulators = [
                 keras.Variable(tf.zeros(v.shape, tf.float32), trainable=False,
-                               name='grad_accumulator')
+                               name='grad_accumulator', synchronization='on_read',
+                               aggregation='mean')
                 for v in self.model.trainable_variables]
         self._seed_states = [
             v for v in self.model.non_trainable_variables if 'seed_generator_state' in v.path]
         self.built = True
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a distribution strategy Keras would mean-reduce a distributed batch (this fails
+        # on the bool masks) to build the model symbolically; `build_for_training` has already
+        # created every variable, so there is nothing to build.
+        if self.built and (self.optimizer is None or self.optimizer.built):
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # ------------------------------------------------------------------------------------
     # Counters
@@ -75,11 +90,21 @@ class NLFTrainer(keras.Model):
 
     def _step_key(self):
         """Stateless RNG key from (seed, adjusted step), with the micro-step folded in, so a
-        resumed run draws the same random numbers as an uninterrupted one."""
+        resumed run draws the same random numbers as an uninterrupted one.
+
+        Under a strategy with R replicas, replica r of micro-step m uses the index m·R + r:
+        replicas draw different numbers, and R replicas with n accumulation steps draw exactly
+        what one device with n·R accumulation steps draws for the same examples."""
         n = self.grad_accum_steps
         base = tf.cast(tf.stack([tf.cast(self.cfg.seed, tf.int64),
                                  self.adjusted_train_counter()]), tf.int64)
-        return tf.random.experimental.stateless_fold_in(base, self.train_counter % n)
+        index = self.train_counter % n
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        replica_context = tf.distribute.get_replica_context()
+        if replicas > 1 and replica_context is not None:  # None: cross-replica (building)
+            replica_id = replica_context.replica_id_in_sync_group
+            index = index * replicas + tf.cast(replica_id, tf.int64)
+        return tf.random.experimental.stateless_fold_in(base, index)
 
     def _reseed_stochastic_layers(self, key):
         # Keras seed-generator states (dropout, stochastic depth) are not checkpointed;
@@ -223,6 +248,8 @@ class NLFTrainer(keras.Model):
     # ------------------------------------------------------------------------------------
 
     def train_step(self, data):
+        # Runs in Python only while the step is traced (once per replica under a strategy).
+        self.train_step_traces += 1
         key = self._step_key()
         self._reseed_stochastic_layers(key)
         clipping = getattr(self.model, 'renorm_clipping', None)
@@ -257,7 +284,7 @@ class NLFTrainer(keras.Model):
         logs.update(self.compute_metrics(inps, preds, training=True))
         logs['learning_rate'] = self._current_learning_rate()
         logs['loss_scale'] = self._current_loss_scale()
-        return logs
+        return _reducible_across_workers(logs)
 
     def _apply_or_accumulate(self, grads, variables):
         n = self.grad_accum_steps
@@ -276,7 +303,25 @@ class NLFTrainer(keras.Model):
             self.optimizer.apply([acc / n for acc in self._accumulators], variables)
             return tf.constant(True)
 
-        tf.cond(tf.equal((k + 1) % n, 0), apply, lambda: tf.constant(False))
+        is_last = tf.equal((k + 1) % n, 0)
+        replica_context = tf.distribute.get_replica_context()
+        if replica_context is None or not tf.distribute.has_strategy():
+            tf.cond(is_last, apply, lambda: tf.constant(False))
+            return
+        # Under a strategy the optimizer all-reduces inside `apply` (a merge_call), which
+        # tf.distribute does not allow inside a tf.cond in replica context. So the condition
+        # is taken in cross-replica context (every replica has the same counter) and the
+        # update runs as a replica function of its own in the taken branch.
+        def merge_fn(strategy, is_last):
+            is_last = strategy.experimental_local_results(is_last)[0]
+
+            def apply_on_replicas():
+                strategy.run(apply)
+                return tf.constant(True)
+
+            tf.cond(is_last, apply_on_replicas, lambda: tf.constant(False))
+
+        replica_context.merge_call(merge_fn, args=(is_last,))
 
     def _base_optimizer(self):
         return getattr(self.optimizer, 'inner_optimizer', self.optimizer)
@@ -296,7 +341,7 @@ class NLFTrainer(keras.Model):
     def test_step(self, data):
         inps = self.prepare_inputs(data)
         preds = self.forward_train(inps, training=False)
-        return dict(self.compute_metrics(inps, preds, training=False))
+        return _reducible_across_workers(dict(self.compute_metrics(inps, preds, training=False)))
 
     def predict_batch_for_summary(self, data):
         """Test-mode predictions of a batch: per-category 2D GT and predicted projections."""
@@ -307,3 +352,14 @@ class NLFTrainer(keras.Model):
 
     def call(self, inputs, training=False):
         return self.model(inputs, training=training)
+
+
+def _reducible_across_workers(logs):
+    """Keras averages the logs of a multi-worker strategy with `strategy.reduce(MEAN, v,
+    axis=0)`, which rejects scalars: there, each value becomes a [1] vector (the mean over
+    workers of those is the scalar mean). Elsewhere the logs are returned unchanged."""
+    strategy = tf.distribute.get_strategy()
+    if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode()):
+        return logs
+    return {k: tf.reshape(v, [1]) for k, v in logs.items()}

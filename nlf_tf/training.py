@@ -12,6 +12,8 @@ import keras
 import tensorflow as tf
 
 from nlf_tf import callbacks as callbacks_lib
+from nlf_tf import data_sources
+from nlf_tf import distribute as distribute_lib
 from nlf_tf import export as export_lib
 from nlf_tf import optimizer as optimizer_lib
 from nlf_tf import pca_training
@@ -23,19 +25,11 @@ class ConfigError(ValueError):
 
 
 def micro_batch_sizes(cfg):
-    """Per-micro-step sub-batch sizes: each configured size is global per optimizer step and
-    is divided by grad_accum_steps."""
-    n = cfg.grad_accum_steps
-    sizes = dict(param=cfg.batch_size_parametric, kp3d=cfg.batch_size,
-                 dense=cfg.batch_size_densepose, kp2d=cfg.batch_size_2d)
-    for name, flag in (('param', 'batch_size_parametric'), ('kp3d', 'batch_size'),
-                       ('dense', 'batch_size_densepose'), ('kp2d', 'batch_size_2d')):
-        if sizes[name] < 0 or sizes[name] % n != 0:
-            raise ConfigError(
-                f'--{flag}={sizes[name]} must be a non-negative multiple of '
-                f'--grad_accum_steps={n}')
-        sizes[name] //= n
-    return sizes
+    """Per-micro-step sub-batch sizes (see `nlf_tf.data_sources.micro_batch_sizes`)."""
+    try:
+        return data_sources.micro_batch_sizes(cfg)
+    except data_sources.DataConfigError as e:
+        raise ConfigError(str(e)) from e
 
 
 def validate_config(cfg):
@@ -50,6 +44,24 @@ def validate_config(cfg):
     if cfg.stop_step is not None and cfg.stop_step > cfg.training_steps:
         raise ConfigError('--stop_step cannot exceed --training_steps')
     micro_batch_sizes(cfg)
+    _validate_steps_per_execution(cfg)
+
+
+def _validate_steps_per_execution(cfg):
+    # The callbacks run once per compiled call, after the last of its micro-steps: the
+    # micro-step counters at which they write must be multiples of steps_per_execution.
+    k = int(cfg.steps_per_execution)
+    if k < 1:
+        raise ConfigError(f'--steps_per_execution must be >= 1, got {k}')
+    n = cfg.grad_accum_steps
+    for flag, period in (('log_period', cfg.log_period),
+                         ('image_summary_period', cfg.image_summary_period),
+                         ('log_period (progress period max(log_period, 50))',
+                          max(cfg.log_period, 50) if cfg.verbose == 1 else 0)):
+        if period and (n * period) % k:
+            raise ConfigError(
+                f'--steps_per_execution={k} must divide --grad_accum_steps × --{flag} = '
+                f'{n} × {period}')
 
 
 def set_dtype_policy(dtype):
@@ -59,17 +71,12 @@ def set_dtype_policy(dtype):
 
 
 def build_data(cfg, start_step, end_step):
-    """The joint table and the training dataset of the micro-batches start_step..end_step-1
-    (the same elements, whatever the start, as in an uninterrupted run)."""
-    if cfg.data == 'demo':
-        from nlf_tf import demo_data
-        joint_names, canonical_init = demo_data.demo_joint_table()
-        dataset = demo_data.make_demo_dataset(
-            proc_side=cfg.proc_side, num_points=cfg.num_points,
-            batch_sizes=micro_batch_sizes(cfg), seed=cfg.seed, start_step=start_step,
-            pool_size=cfg.demo_pool_size, num_steps=end_step)
-        return joint_names, canonical_init, dataset
-    raise ConfigError(f'--data={cfg.data!r} is not a known data source (available: demo)')
+    """The `nlf_tf.data_sources.TrainingData` (joint table, dataset, skip counter) of the
+    micro-steps start_step..end_step-1."""
+    try:
+        return data_sources.build_data(cfg, start_step, end_step)
+    except data_sources.DataConfigError as e:
+        raise ConfigError(str(e)) from e
 
 
 def build_trainer(cfg, joint_names, canonical_init, pca_term=None):
@@ -84,27 +91,46 @@ def _compile(trainer, model, cfg):
         cfg, optimizer_lib.weight_decay_exclusions(model, cfg.decay_field))
     # auto_scale_loss=False: keep the fixed loss scale of the original under mixed_float16
     # (Keras would otherwise wrap the optimizer in a dynamic LossScaleOptimizer).
-    trainer.compile(optimizer=optimizer, jit_compile=bool(cfg.jit_compile), auto_scale_loss=False)
+    trainer.compile(optimizer=optimizer, jit_compile=bool(cfg.jit_compile), auto_scale_loss=False,
+                    steps_per_execution=int(cfg.steps_per_execution))
     return optimizer
 
 
 def run_training(cfg, extra_callbacks=()):
     """Trains (or resumes) the run described by `cfg`. Returns the trainer."""
     validate_config(cfg)
+    # --- distribution (nlf_tf.distribute): the strategy exists before any model variable;
+    # non-chief workers write into a private temporary folder (dirs), deleted at the end.
+    try:
+        strategy = distribute_lib.create_strategy(cfg)
+        distribute_lib.check_batch_sizes(cfg, strategy.num_replicas_in_sync)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     set_dtype_policy(cfg.dtype)
     keras.utils.set_random_seed(cfg.seed)
     checkpoint_dir = cfg.checkpoint_dir or cfg.logdir
-    os.makedirs(cfg.logdir, exist_ok=True)
-    os.makedirs(checkpoint_dir, exist_ok=True)
+    dirs = distribute_lib.WorkerDirs(strategy, cfg.logdir, checkpoint_dir)
+    try:
+        # Everything that creates variables (model, PCA term, optimizer, accumulators,
+        # checkpoint) is built under the strategy's scope; `fit` then uses that strategy.
+        with strategy.scope():
+            return _run_training(cfg, extra_callbacks, dirs, checkpoint_dir)
+    finally:
+        dirs.cleanup()
+    # --- end distribution
+
+
+def _run_training(cfg, extra_callbacks, dirs, checkpoint_dir):
 
     n = cfg.grad_accum_steps
     stop_step = cfg.stop_step or cfg.training_steps
-    joint_names, canonical_init, first_data = build_data(cfg, start_step=0, end_step=1)
+    first_data = build_data(cfg, start_step=0, end_step=1)
+    joint_names, canonical_init = first_data.joint_names, first_data.canonical_init
     pca_term = None
     if cfg.pca_loss:
         # Fitted on the first batches of the training stream (deterministic from the seed);
         # a resumed run restores the checkpointed parameters over it.
-        _, _, fit_data = build_data(cfg, start_step=0, end_step=cfg.pca_fit_batches)
+        fit_data = build_data(cfg, start_step=0, end_step=cfg.pca_fit_batches).dataset
         try:
             pca_term = pca_training.build_pca_term(cfg, joint_names, fit_data)
         except (ValueError, TypeError, FileNotFoundError) as e:
@@ -115,16 +141,18 @@ def run_training(cfg, extra_callbacks=()):
         report = backbone_lib.load_backbone_weights(model.backbone, cfg.load_backbone_from)
         _print_flush(report.summary())
     optimizer = _compile(trainer, model, cfg)
-    example_batch = next(iter(first_data))
+    example_batch = next(iter(first_data.dataset))
     trainer.build_for_training(example_batch)
 
     extra = {'pca_loss': pca_term.layer} if pca_term is not None else {}
     checkpoint = tf.train.Checkpoint(
         model=model, optimizer=optimizer, train_counter=trainer.train_counter,
         grad_accumulators=list(trainer._accumulators or []), **extra)
+    # Every worker saves (a collective operation); only the chief's folder is the run's. All
+    # of them resume from the chief's latest checkpoint (also after a worker restart).
     manager = tf.train.CheckpointManager(
-        checkpoint, checkpoint_dir, max_to_keep=cfg.max_checkpoints, checkpoint_name='ckpt')
-    restore_path = cfg.load_path or manager.latest_checkpoint
+        checkpoint, dirs.checkpoint_dir, max_to_keep=cfg.max_checkpoints, checkpoint_name='ckpt')
+    restore_path = cfg.load_path or tf.train.latest_checkpoint(checkpoint_dir)
     if restore_path:
         _print_flush(f'Resuming from {restore_path}')
         checkpoint.restore(restore_path).assert_existing_objects_matched()
@@ -137,15 +165,20 @@ def run_training(cfg, extra_callbacks=()):
     start = int(trainer.train_counter.numpy())
     remaining = stop_step * n - start
     if remaining > 0:
-        _, _, dataset = build_data(cfg, start_step=start, end_step=stop_step * n)
+        train_data = build_data(cfg, start_step=start, end_step=stop_step * n)
+        dataset = train_data.dataset
+        # Multi-worker sharding: by file where the source has files; the demo data is built in
+        # memory by every worker, which keeps its own share of each global batch.
+        dataset = distribute_lib.with_shard_policy(
+            dataset, 'data' if cfg.data == 'demo' else 'auto')
         cbs = [
             callbacks_lib.TensorBoardLogger(
-                trainer, cfg.logdir, log_period=cfg.log_period,
+                trainer, dirs.logdir, log_period=cfg.log_period,
                 image_period=cfg.image_summary_period, summary_batch=example_batch,
-                comment=cfg.comment),
+                comment=cfg.comment, skip_counter=train_data.skip_counter),
             callbacks_lib.CheckpointSaver(trainer, manager, cfg.checkpoint_period),
             *extra_callbacks]
-        if cfg.verbose == 1:
+        if cfg.verbose == 1 and dirs.chief:
             cbs.append(callbacks_lib.ProgressPrinter(
                 trainer, stop_step, period=max(cfg.log_period, 50), print_fn=_print_flush))
         _print_flush(f'Training micro-steps {start}..{stop_step * n} '
@@ -159,7 +192,7 @@ def run_training(cfg, extra_callbacks=()):
                 raise
             counter = int(trainer.train_counter.numpy())
             path = checkpoint.write(os.path.join(
-                checkpoint_dir, f'ckpt_nonfinite_during_training-{counter}'))
+                dirs.checkpoint_dir, f'ckpt_nonfinite_during_training-{counter}'))
             raise FloatingPointError(
                 f'A non-finite loss stopped training at micro-step {counter}; the state was '
                 f'saved to {path}. Original error: {e.message}') from e
@@ -169,9 +202,10 @@ def run_training(cfg, extra_callbacks=()):
     if cfg.ema_momentum < 1:
         # Write the averaged weights into the model before it is exported.
         optimizer.finalize_variable_values(model.trainable_variables)
-    export_path = cfg.export_file or os.path.join(checkpoint_dir, 'model')
-    export_lib.export_inference_model(model, cfg, export_path)
-    _print_flush(f'Exported the inference model to {export_path}')
+    if dirs.chief:
+        export_path = cfg.export_file or os.path.join(checkpoint_dir, 'model')
+        export_lib.export_inference_model(model, cfg, export_path)
+        _print_flush(f'Exported the inference model to {export_path}')
     return trainer
 
 
