@@ -66,3 +66,12 @@ def test_cli_rejects_an_unknown_flag():
         capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode != 0
     assert 'no_such_flag' in result.stderr
+
+
+def test_nlf_s_flagfile_fails_only_for_missing_data(tmp_path):
+    result = subprocess.run(
+        [sys.executable, '-m', 'nlf_tf.cli.train', f'--flagfile={REPO}/flags/nlf_s.flags',
+         '--training_steps=10', f'--logdir={tmp_path}'],
+        capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 2
+    assert '--prepared_dirs' in result.stderr
