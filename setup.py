@@ -45,6 +45,7 @@ setup(
     entry_points={'console_scripts': [
         'nlf-tf-train=nlf_tf.cli.train:run',
         'nlf-tf-prepare=nlf_tf.cli.prepare:run',
+        'nlf-tf-inspect=nlf_tf.cli.inspect:run',
     ]},
     cmdclass={'build_py': BuildPyWithSpecs},
 )

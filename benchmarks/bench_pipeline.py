@@ -9,16 +9,16 @@ COCO-style kp2d examples (the real 'coco' spec, 17 joints) whose stored images a
   2. decode-only: TFRecordDataset -> parse the JPEG field -> tf.io.decode_jpeg, parallel map,
      batched by 32 (the floor any pipeline on these files pays);
   3. python: the same per-example steps written plainly in Python/NumPy (proto parsing, eager
-     JPEG decode, crop camera with `nlf_tf.data.camera`, warp with `Camera.reproject_image`,
+     JPEG decode, crop camera with `nlf_tf.data.camera`, `Camera.reproject_image` warp,
      colour jitter incl. HSV in NumPy, JPEG re-encoding, random erasing, GT transform, filler
      points) fed through `tf.data.Dataset.from_generator` and batched by 32.
-Each is run for a fixed wall-clock budget after a warm-up; prints examples/s and the ratios
-pipeline/decode-only and pipeline/python.
+Each is run for a fixed wall-clock budget after a warm-up of a quarter of it; prints examples/s
+and the ratios pipeline/decode-only and pipeline/python.
 
   python benchmarks/bench_pipeline.py [--quick] [--examples=N] [--seconds=S]
 """
 
-import _common
+import _common  # noqa: F401 (sets up sys.path and the TF log level)
 
 import argparse
 import math
@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from nlf_tf import config, joint_table, specs
-from nlf_tf.data import pipeline, prepare, tfrecord
+from nlf_tf.data import pipeline, prepare
 from nlf_tf.data.camera import Camera
 from nlf_tf.data.example import Example
 
@@ -233,36 +233,40 @@ def python_pipeline(files, seed=1):
 # Measurement
 # ----------------------------------------------------------------------------------------
 
-def examples_per_second(dataset, seconds, warmup_batches=2, min_batches=3):
-    """Iterates `dataset` (batches of BATCH) for about `seconds` after `warmup_batches` (graph
-    tracing, file opening, buffers filling) and returns (examples/s, batches timed)."""
+def examples_per_second(dataset, seconds, warmup_batches=2, warmup_seconds=None,
+                        min_batches=3):
+    """Iterates `dataset` (batches of BATCH) for about `seconds` and returns (examples/s,
+    batches timed). Before the clock starts: `warmup_batches` (graph tracing, files opening)
+    and then batches for `warmup_seconds` (default seconds / 4), which drains what the
+    prefetch buffers stored during the tracing, so that the timed part is steady state."""
     iterator = iter(dataset)
     for _ in range(warmup_batches):
+        next(iterator)
+    warmup_end = time.perf_counter() + (seconds / 4 if warmup_seconds is None else warmup_seconds)
+    while time.perf_counter() < warmup_end:
         next(iterator)
     count = 0
     start = time.perf_counter()
     while count < min_batches or time.perf_counter() - start < seconds:
-        batch = next(iterator)
+        next(iterator)  # eager tensors: the batch is complete when returned
         count += 1
-    # Make sure the last batch is materialised (iteration returns eager tensors already).
-    del batch
-    elapsed = time.perf_counter() - start
-    return count * BATCH / elapsed, count
+    return count * BATCH / (time.perf_counter() - start), count
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--quick', action='store_true',
-                        help='small fixture and short budgets (about 30 s in all)')
+                        help='small fixture and short budgets (about 40 s in all)')
     parser.add_argument('--examples', type=int, default=None,
                         help='examples in the fixture (default 200, --quick 64)')
     parser.add_argument('--seconds', type=float, default=None,
-                        help='measuring budget per pipeline (default 15, --quick 4)')
+                        help='measuring budget per pipeline (default 12, --quick 3)')
     parser.add_argument('--keep', default=None,
-                        help='write the fixture into this folder and keep it (reused if present)')
+                        help='write the fixture into this folder and keep it (an existing finished '
+                             'fixture there is reused as is)')
     args = parser.parse_args()
     n = args.examples or (64 if args.quick else 200)
-    seconds = args.seconds or (4.0 if args.quick else 15.0)
+    seconds = args.seconds or (3.0 if args.quick else 12.0)
 
     folder = args.keep or tempfile.mkdtemp(prefix='bench_pipeline_')
     try:
