@@ -49,11 +49,22 @@ FLAG_TABLE = (
      'Probability of a random partial sub-box (3D-camera, single-person datasets).'),
     ('jpeg_aug_prob', 'float', 0.25, 'Probability of JPEG re-encoding at quality 15-59.'),
     ('occlude_aug_prob', 'float', 0.5,
-     'Probability of occlusion (type drawn first: objects or random erasing; objects are not '
-     'available yet, so that half does nothing).'),
+     'Probability of occlusion (type drawn first: objects or random erasing); objects need '
+     '--occluder_dir, else that half does nothing.'),
     ('occlude_aug_scale', 'float', 1.0, 'Scale factor of object occluders.'),
     ('background_aug_prob', 'float', 0.7,
-     'Probability of background replacement (param/kp3d with a mask; not available yet).'),
+     'Probability of background replacement of param/kp3d examples with a mask (0.2 for specs '
+     'with realistic_background); needs --background_dir.'),
+    ('occluder_dir', 'str', None,
+     'Pascal VOC 2012 root (Annotations/, JPEGImages/, SegmentationObject/) for object '
+     'occluders; unset: the "objects" half of the occlusion draws does nothing.'),
+    ('max_occluders', 'int', 500,
+     'At most this many VOC object cut-outs are kept in memory (seeded choice of images).'),
+    ('background_dir', 'str', None,
+     'INRIA Holidays folder (jpg_small/, optional non_person_images.txt) for background '
+     'replacement of param/kp3d examples with a person mask; unset: skipped.'),
+    ('max_backgrounds', 'int', 1000,
+     'At most this many background images are kept (seeded choice).'),
     ('border_value', 'int', 0, 'Fill value (0-255) outside the stored image when warping.'),
     ('training_steps', 'int', None,
      'Total optimizer steps T (learning-rate schedule, decay, gating). Required for training.'),
@@ -70,6 +81,10 @@ FLAG_TABLE = (
      'none (one device), mirrored (all GPUs of this machine, else its logical CPUs) or '
      'multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG). Sub-batch sizes are global '
      'and must be divisible by replicas x --grad_accum_steps.'),
+    ('tf_data_service', 'str', None,
+     'Address of a tf.data service dispatcher (grpc://host:5050, see nlf-tf-data-service): the '
+     'training input pipeline runs on its workers. Demo data: identical batches, in step order '
+     'with one worker, any order with several. Prepared data: exactly one worker, exact order.'),
     ('jit_compile', 'bool', False, 'Compile the training step with XLA.'),
     ('steps_per_execution', 'int', 1,
      'Micro-steps per compiled call (Keras compile). Must divide --grad_accum_steps times '

@@ -24,6 +24,8 @@ import math
 
 import tensorflow as tf
 
+from nlf_tf.data import occluders
+
 # Augmentation settings with the original NLF flag names and defaults. A config object (EasyDict)
 # that lacks one of them falls back to this default.
 DEFAULTS = dict(
@@ -341,14 +343,23 @@ def random_erase(image, key):
     return tf.where(inside[..., tf.newaxis], noise, image)
 
 
-def appearance_augment(image, key, settings):
-    """Occlusion (random erasing; object occluders are not available in-graph here), colour and
-    JPEG augmentation of an S x S x 3 float32 image in [0, 1], in NLF's order."""
+def appearance_augment(image, key, settings, occluder_bank=None):
+    """Occlusion (object occluders or random erasing), colour and JPEG augmentation of an
+    S x S x 3 float32 image in [0, 1], in NLF's order. `occluder_bank`: the tensors of an
+    nlf_tf.data.occluders.OccluderBank (None: the "objects" draws do nothing)."""
     u = _uniform(fold_key(key, 0), [2])
     # NLF draws the occlusion type first (objects or erase, 50/50), then applies it with prob
-    # occlude_aug_prob. Objects need Pascal VOC occluders, which this port does not load: that
-    # half of the draws does nothing (the pipeline logs this once).
+    # occlude_aug_prob. Without an occluder bank the objects half does nothing (the pipeline
+    # logs this once).
     use_erase = tf.logical_and(u[0] >= 0.5, u[1] < settings.occlude_aug_prob)
+    # --- begin: object occluders (nlf_tf.data.occluders), before colour/JPEG ---
+    if occluder_bank is not None and settings.occlude_aug_prob > 0:
+        use_objects = tf.logical_and(u[0] < 0.5, u[1] < settings.occlude_aug_prob)
+        shape = image.shape
+        image = tf.cond(use_objects, lambda: occluders.paste_occluders(
+            image, occluder_bank, fold_key(key, 4), settings.occlude_aug_scale), lambda: image)
+        image.set_shape(shape)
+    # --- end: object occluders ---
     if settings.color_aug:
         image = color_augment(image, fold_key(key, 1))
     if settings.jpeg_aug_prob > 0:

@@ -52,6 +52,8 @@ import tensorflow as tf
 from absl import logging
 
 from nlf_tf.data import augmentation
+from nlf_tf.data import backgrounds
+from nlf_tf.data import occluders
 from nlf_tf.data import tfrecord
 
 CATEGORIES = ('param', 'kp3d', 'dense', 'kp2d')
@@ -122,6 +124,8 @@ class DatasetTable:
         self.single_person = bool(spec.get('single_person', True))
         drop = spec.get('loader_drop_negative')
         self.drop_negative = (category == 'kp2d') if drop is None else bool(drop)
+        # Background replacement probability 0.2 instead of --background_aug_prob (spec §9.1).
+        self.realistic_background = bool(spec.get('realistic_background', False))
 
     @property
     def num_joints(self):
@@ -141,7 +145,8 @@ def _stack_tables(tables):
     return dict(rows=tf.constant(rows), mirror=tf.constant(mirror), is_root=tf.constant(is_root),
                 num_joints=tf.constant([t.num_joints for t in tables], tf.int32),
                 single_person=tf.constant([t.single_person for t in tables]),
-                drop_negative=tf.constant([t.drop_negative for t in tables]))
+                drop_negative=tf.constant([t.drop_negative for t in tables]),
+                realistic_background=tf.constant([t.realistic_background for t in tables]))
 
 
 # ----------------------------------------------------------------------------------------
@@ -180,13 +185,18 @@ def _first_or_minus_one(flags):
 
 
 def make_example(record, category, table, geometry, proc_side, num_points, settings,
-                 appearance_key=None, filler_key=None, filler_box=FILLER_BOX):
+                 appearance_key=None, filler_key=None, filler_box=FILLER_BOX,
+                 occluder_bank=None, background_bank=None):
     """One example in the trainer's dense format from a decoded record (see decode_record).
 
     table: dict rows / mirror / is_root (1-D tensors, length >= the record's num_joints) and
     optionally drop_negative (scalar bool; default: category == 'kp2d') of the record's dataset;
     geometry: draws from augmentation.sample_geometry / identity_geometry;
     appearance_key None disables appearance augmentation; filler_key None gives zero fillers.
+    occluder_bank / background_bank: tensors of an occluders.OccluderBank /
+    backgrounds.BackgroundBank (None: no object occluders / no background replacement);
+    table['realistic_background'] (scalar bool, default False) selects the background
+    probability.
     """
     side, p = int(proc_side), int(num_points)
     num_joints = record['num_joints']
@@ -197,7 +207,17 @@ def make_example(record, category, table, geometry, proc_side, num_points, setti
     image = tf.cast(record['image'], tf.float32) / 255.0
     image = augmentation.warp_image(image, h, side, settings.border_value)
     if appearance_key is not None:
-        image = augmentation.appearance_augment(image, appearance_key, settings)
+        # --- begin: background replacement (nlf_tf.data.backgrounds), param/kp3d only ---
+        if background_bank is not None and category in ('param', 'kp3d'):
+            prob = backgrounds.background_probability(
+                table.get('realistic_background', False), settings.background_aug_prob)
+            image = backgrounds.replace_background(
+                image, record['mask_rle_counts'],
+                tf.stack([record['mask_height'], record['mask_width']]),
+                tf.stack([record['image_height'], record['image_width']]), h, background_bank,
+                augmentation.fold_key(appearance_key, 5), prob)
+        # --- end: background replacement ---
+        image = augmentation.appearance_augment(image, appearance_key, settings, occluder_bank)
 
     identity = tf.range(num_joints)
     perm = tf.where(geometry['flip'], table['mirror'][:num_joints], identity)
@@ -359,7 +379,7 @@ def _mixed_records(streams, weights, seed, category_index, shard):
 
 
 def _category_steps(category, category_index, records, tables, batch_size, cfg, settings,
-                    filler_box, start_step, parallel_steps, shard):
+                    filler_box, start_step, parallel_steps, shard, banks=(None, None)):
     side, p = int(cfg.proc_side), int(cfg.num_points)
     constants = _stack_tables(tables)
     base = _base_key(cfg.seed, shard)
@@ -369,7 +389,8 @@ def _category_steps(category, category_index, records, tables, batch_size, cfg, 
         record = decode_record(parse(serialized))
         key = augmentation.fold_key(base, category_index, dataset_index, k)
         table = {name: constants[name][dataset_index]
-                 for name in ('rows', 'mirror', 'is_root', 'drop_negative')}
+                 for name in ('rows', 'mirror', 'is_root', 'drop_negative',
+                              'realistic_background')}
         with tf.control_dependencies([tf.debugging.assert_equal(
                 record['num_joints'], constants['num_joints'][dataset_index],
                 message='num_joints differs from the dataset spec')]):
@@ -380,7 +401,8 @@ def _category_steps(category, category_index, records, tables, batch_size, cfg, 
             augmentation.fold_key(key, 0), settings, allow_partial)
         return make_example(record, category, table, geometry, side, p, settings,
                             appearance_key=augmentation.fold_key(key, 1),
-                            filler_key=augmentation.fold_key(key, 2), filler_box=filler_box)
+                            filler_key=augmentation.fold_key(key, 2), filler_box=filler_box,
+                            occluder_bank=banks[0], background_bank=banks[1])
 
     fallback = tf.data.Dataset.from_tensors(placeholder_examples(category, 0, side, p))
 
@@ -473,14 +495,31 @@ def make_training_dataset(cfg, sources, joint_table_names, start_step=0, end_ste
         raise ValueError(f'--num_points must be >= 1, got {p}')
     if int(start_step) < 0 or (end_step is not None and int(end_step) < int(start_step)):
         raise ValueError(f'need 0 <= start_step <= end_step, got {start_step}, {end_step}')
+    # --- begin: occluder / background banks (nlf_tf.data.occluders, nlf_tf.data.backgrounds) ---
+    occluder_bank = background_bank = None
     if settings.occlude_aug_prob > 0:
-        _log_once('Object occluders (Pascal VOC) are not implemented in the tf.data pipeline; '
-                  'the "objects" half of the occlusion draws does nothing'
-                  + ('' if settings.occluder_dir else ' (and --occluder_dir is not set)') + '.')
-    if settings.background_aug_prob > 0:
-        _log_once('Background replacement is skipped: not implemented in the tf.data pipeline'
-                  + ('' if settings.background_dir else ' (and --background_dir is not set)')
-                  + '.')
+        if settings.occluder_dir:
+            bank = occluders.build_occluder_bank(
+                os.fspath(settings.occluder_dir),
+                int(cfg.get('max_occluders') or occluders.DEFAULT_MAX_OCCLUDERS), int(cfg.seed))
+            occluder_bank = bank.tensors
+            _log_once(f'Object occluders: {bank.count} Pascal VOC cut-outs from '
+                      f'{settings.occluder_dir} ({bank.nbytes / 2**20:.1f} MB).')
+        else:
+            _log_once('--occluder_dir is not set: the "objects" half of the occlusion draws '
+                      'does nothing.')
+    if sizes['param'] + sizes['kp3d'] > 0:
+        if settings.background_dir:
+            bank = backgrounds.build_background_bank(
+                os.fspath(settings.background_dir), side,
+                int(cfg.get('max_backgrounds') or backgrounds.DEFAULT_MAX_BACKGROUNDS),
+                int(cfg.seed))
+            background_bank = bank.tensors
+            _log_once(f'Background replacement: {bank.count} images from '
+                      f'{settings.background_dir} ({bank.nbytes / 2**20:.1f} MB of JPEG).')
+        else:
+            _log_once('--background_dir is not set: background replacement is skipped.')
+    # --- end: occluder / background banks ---
 
     by_category = {c: [] for c in CATEGORIES}
     for i, source in enumerate(sources):
@@ -526,7 +565,7 @@ def make_training_dataset(cfg, sources, joint_table_names, start_step=0, end_ste
         records = _mixed_records(streams, [w for _, _, w in entries], cfg.seed, ci, shard)
         per_category.append(_category_steps(
             category, ci, records, [t for t, _, _ in entries], size, cfg, settings, filler_box,
-            start_step, parallel_steps, shard))
+            start_step, parallel_steps, shard, banks=(occluder_bank, background_bank)))
 
     def combine(*parts):
         batch = {c: part[0] for c, part in zip(CATEGORIES, parts)}
