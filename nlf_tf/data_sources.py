@@ -120,5 +120,11 @@ def build_data(cfg, start_step, end_step):
         except ValueError as e:
             raise DataConfigError(str(e)) from e
         return TrainingData(joint_names, canonical_init, dataset, skip_counter)
+    if cfg.data == 'synthetic':
+        # Tiny native-format COCO/WholeBody/DensePose/MADS folders written and prepared under
+        # the logdir (reused when present), then read like 'prepared'; param from the demo.
+        from nlf_tf.data import synthetic
+        return synthetic.build_synthetic_data(cfg, start_step, end_step)
     raise DataConfigError(
-        f'--data={cfg.data!r} is not a known data source (available: demo, prepared)')
+        f'--data={cfg.data!r} is not a known data source (available: demo, prepared, '
+        f'synthetic)')

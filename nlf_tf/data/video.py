@@ -1,4 +1,5 @@
-"""Decoding video frames (for MADS) with imageio + imageio-ffmpeg, or OpenCV as a fallback.
+"""Decoding video frames (for MADS) with imageio + imageio-ffmpeg, or OpenCV as a fallback
+(and, if neither is installed, the built-in pure-Python reader for Motion-JPEG AVI files).
 
 Neither library is a hard dependency: `pip install nlf-tf[video]` installs imageio and
 imageio-ffmpeg. Readers take an optional `video_reader` callable with the signature of
@@ -34,6 +35,10 @@ def read_frames(path, backend=None):
         raise DatasetError(path, 'video', 'video file not found')
     backend = backend or available_backend()
     if backend is None:
+        # Last resort: the pure-Python Motion-JPEG reader (nlf_tf.data.avi) for MJPEG AVI files.
+        from nlf_tf.data import avi
+        if avi.is_mjpeg_avi(path):
+            return avi.read_frames(path)
         raise DatasetError(path, 'video', f'no video decoder available; {INSTALL_HINT}')
     if backend == 'imageio':
         return _frames_imageio(path)
