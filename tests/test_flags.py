@@ -36,7 +36,8 @@ def test_flagfile_round_trip(tmp_path):
         grad_accum_steps=2, comment='hello world', seed=7)
 
 
-@pytest.mark.parametrize('name', ['demo.flags', 'nlf_s.flags', 'nlf_l.flags'])
+@pytest.mark.parametrize('name', ['demo.flags', 'demo_procedural.flags', 'demo_pca.flags',
+                                  'nlf_s.flags', 'nlf_l.flags'])
 def test_shipped_flag_files_parse(name):
     fv = fresh_flags()
     fv(['prog', f'--flagfile={os.path.join(REPO, "flags", name)}'])

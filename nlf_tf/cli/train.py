@@ -1,4 +1,4 @@
-"""`nlf-tf-train`: trains an NLF model from absl flags (use `--flagfile=flags/demo.flags`)."""
+"""`nlf-tf-train`: trains an NLF model from absl flags (try `--flagfile=flags/demo.flags`)."""
 
 import os
 import sys
