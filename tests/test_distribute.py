@@ -17,7 +17,6 @@ import pytest
 import tensorflow as tf
 
 from nlf_tf import distribute, training
-from nlf_tf.trainer import NLFTrainer
 from test_training import tiny_cfg
 
 SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'distribute_scripts')

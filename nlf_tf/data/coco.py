@@ -21,13 +21,12 @@ The person box is the annotation bbox, the mask the annotation segmentation (as 
 camera `Camera.from_fov(8, (H, W))` like NLF uses for 2D datasets.
 """
 
-import json
 import os
 
 import numpy as np
 
 from nlf_tf import specs
-from nlf_tf.data.example import DatasetError, Example, Skip
+from nlf_tf.data.example import DatasetError, Example, Skip, load_json_object
 
 # COCO visibility flags
 UNLABELLED, OCCLUDED, VISIBLE = 0, 1, 2
@@ -109,7 +108,7 @@ def iter_examples(root_dir, split='train', variant='body', year=None, *, single_
     image_dir = os.path.abspath(image_dir)
     id_prefix = f'{split}{year}'
 
-    data = _load_json(annotation_file)
+    data = load_json_object(annotation_file, missing='annotation file not found')
     images = _parse_images(data, annotation_file)
     annotations = _require(data, 'annotations', list, annotation_file, 'annotations')
 
@@ -288,19 +287,6 @@ def _default_annotation_file(root_dir, split, year, wholebody):
         if os.path.isfile(path):
             return path
     return candidates[0]
-
-
-def _load_json(path):
-    if not os.path.isfile(path):
-        raise DatasetError(path, 'file', 'annotation file not found')
-    try:
-        with open(path, encoding='utf-8') as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(path, 'file', f'malformed JSON: {e}') from e
-    if not isinstance(data, dict):
-        raise DatasetError(path, 'file', 'top level must be a JSON object')
-    return data
 
 
 def _require(record, key, types, file, where):

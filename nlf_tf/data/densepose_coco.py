@@ -33,14 +33,13 @@ Image sizes come from the JSON's `images[]` entries (the images are not opened).
 Example ids are `<image folder>/<file name>#<annotation id>`.
 """
 
-import json
 import os
 
 import numpy as np
 import scipy.io
 
 from nlf_tf import specs
-from nlf_tf.data.example import DatasetError, Example, Skip
+from nlf_tf.data.example import DatasetError, Example, Skip, load_json_object
 
 DATASET = 'densepose_coco'
 SPEC_NAME = 'densepose_coco'
@@ -121,7 +120,8 @@ def iter_examples(root_dir, split='train', smpl_model=None, uv_processed=None, i
 
     annotation_file = os.path.abspath(annotation_file or os.path.join(
         root_dir, 'DensePose_COCO', f'densepose_coco_2014_{split}.json'))
-    data = _load_json(annotation_file)
+    data = load_json_object(annotation_file, 'annotation_file',
+                            missing='DensePose annotation file not found')
     images = _parse_images(data, annotation_file)
     annotations = data.get('annotations')
     if not isinstance(annotations, list):
@@ -401,19 +401,6 @@ def _threshold(spec, spec_file, key, default=None):
 
 def _hashable(value):
     return value if isinstance(value, (int, str)) else None
-
-
-def _load_json(path):
-    if not os.path.isfile(path):
-        raise DatasetError(path, 'annotation_file', 'DensePose annotation file not found')
-    try:
-        with open(path, encoding='utf-8') as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(path, '<file>', f'malformed JSON: {e}') from None
-    if not isinstance(data, dict):
-        raise DatasetError(path, '<file>', 'top level must be a JSON object')
-    return data
 
 
 def _parse_images(data, file):

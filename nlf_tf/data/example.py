@@ -6,6 +6,8 @@ file, malformed annotation file, missing required field) that stop the job.
 """
 
 import dataclasses
+import json
+import os
 
 import numpy as np
 
@@ -130,3 +132,20 @@ def _array(src, name, value, dtype, shape):
         pretty = ', '.join('N' if s is None else str(s) for s in shape)
         raise DatasetError(src, name, f'must have shape [{pretty}], got {list(array.shape)}')
     return array
+
+
+def load_json_object(path, field='file', missing='file not found',
+                     not_object='top level must be a JSON object'):
+    """Parses a JSON file whose top level must be an object; DatasetError naming the file and
+    `field` when it is missing, malformed or of another shape."""
+    if not os.path.isfile(path):
+        raise DatasetError(path, field, missing)
+    try:
+        with open(path, encoding='utf-8') as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(path, field, f'malformed JSON: {e}') from e
+    if not isinstance(data, dict):
+        raise DatasetError(path, field, not_object)
+    return data
+

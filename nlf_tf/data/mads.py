@@ -17,14 +17,13 @@ All of MADS is training data (split 'train' only).
 """
 
 import glob
-import json
 import os
 
 import numpy as np
 
 from nlf_tf import specs
 from nlf_tf.data.coco import box_iou, box_of_points, expand_box
-from nlf_tf.data.example import DatasetError, Example, Skip
+from nlf_tf.data.example import DatasetError, Example, Skip, load_json_object
 from nlf_tf.data.pose_sampler import AdaptivePoseSampler
 from nlf_tf.data.video import as_rgb_frame, read_frames
 
@@ -253,17 +252,8 @@ def _threshold(thresholds, key):
 def _load_detections(detections):
     if detections is None or isinstance(detections, dict):
         return detections
-    path = os.fspath(detections)
-    if not os.path.isfile(path):
-        raise DatasetError(path, 'file', 'detections file not found')
-    try:
-        with open(path, encoding='utf-8') as f:
-            loaded = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(path, 'file', f'malformed JSON: {e}') from e
-    if not isinstance(loaded, dict):
-        raise DatasetError(path, 'file', 'must map example ids to lists of boxes')
-    return loaded
+    return load_json_object(os.fspath(detections), missing='detections file not found',
+                            not_object='must map example ids to lists of boxes')
 
 
 def _detection_boxes(candidates, example_id):
