@@ -46,6 +46,7 @@ setup(
         'nlf-tf-train=nlf_tf.cli.train:run',
         'nlf-tf-prepare=nlf_tf.cli.prepare:run',
         'nlf-tf-inspect=nlf_tf.cli.inspect:run',
+        'nlf-tf-data-service=nlf_tf.cli.data_service:run',
     ]},
     cmdclass={'build_py': BuildPyWithSpecs},
 )

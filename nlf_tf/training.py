@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from nlf_tf import callbacks as callbacks_lib
+from nlf_tf import data_service as data_service_lib
 from nlf_tf import data_sources
 from nlf_tf import distribute as distribute_lib
 from nlf_tf import export as export_lib
@@ -45,6 +46,11 @@ def validate_config(cfg):
         raise ConfigError('--stop_step cannot exceed --training_steps')
     micro_batch_sizes(cfg)
     _validate_steps_per_execution(cfg)
+    if cfg.get('tf_data_service'):
+        try:
+            data_service_lib.validate_config(cfg)
+        except data_service_lib.ServiceConfigError as e:
+            raise ConfigError(str(e)) from e
 
 
 def _validate_steps_per_execution(cfg):
@@ -167,6 +173,14 @@ def _run_training(cfg, extra_callbacks, dirs, checkpoint_dir):
     if remaining > 0:
         train_data = build_data(cfg, start_step=start, end_step=stop_step * n)
         dataset = train_data.dataset
+        if cfg.get('tf_data_service'):
+            # Input processing on tf.data service workers (see nlf_tf.data_service for the
+            # order guarantees of each data source).
+            try:
+                dataset = data_service_lib.training_dataset(
+                    cfg, train_data, start, stop_step * n)
+            except (data_service_lib.ServiceConfigError, data_sources.DataConfigError) as e:
+                raise ConfigError(str(e)) from e
         # Multi-worker sharding: by file where the source has files; the demo data is built in
         # memory by every worker, which keeps its own share of each global batch.
         dataset = distribute_lib.with_shard_policy(
@@ -196,6 +210,8 @@ def _run_training(cfg, extra_callbacks, dirs, checkpoint_dir):
             raise FloatingPointError(
                 f'A non-finite loss stopped training at micro-step {counter}; the state was '
                 f'saved to {path}. Original error: {e.message}') from e
+        if cfg.get('tf_data_service'):
+            data_service_lib.check_steps_trained(trainer.train_counter.numpy(), stop_step * n)
     else:
         _print_flush(f'Nothing to train: the checkpoint is at step {start // n} of {stop_step}.')
 
