@@ -2,7 +2,7 @@
 
 Example:
   nlf-tf-inspect --prepared_dirs=/data/prepared/coco_train,/data/prepared/mads_train \
-      --num_crops=16 --out_png=/tmp/crops --logdir=/tmp/inspect_tb
+      --num_crops=16 --out_png=inspect_crops --logdir=runs/inspect
 
 Prints the kept examples per dataset/split/category and the skipped examples per reason (from
 the manifests), then draws `--num_crops` crops through the training pipeline with the same
