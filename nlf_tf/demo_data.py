@@ -45,7 +45,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from nlf_tf import geometry
+from nlf_tf import geometry, joint_table
 from nlf_tf import specs
 
 CATEGORIES = ('param', 'kp3d', 'dense', 'kp2d')
@@ -91,15 +91,6 @@ class DemoSkeleton:
         return len(self.bones)
 
 
-def _mirror_partner_name(name):
-    """NLF naming rule: 'l' + rest <-> 'r' + rest; anything else is a centre joint."""
-    if name.startswith('l'):
-        return 'r' + name[1:]
-    if name.startswith('r'):
-        return 'l' + name[1:]
-    return None
-
-
 def _bone_colours(canonical, bones):
     """One saturated colour per class of bones with the same canonical midpoint up to the sign of x.
 
@@ -133,7 +124,7 @@ def skeleton_from_spec(spec):
     mirror = np.arange(len(names), dtype=np.int32)
     derived_pairs = set()
     for i, name in enumerate(names):
-        partner = _mirror_partner_name(name)
+        partner = joint_table.mirror_partner_name(name)
         if partner is None:
             if canonical[i, 0] != 0:
                 raise ValueError(f'spec field "canonical_positions": centre joint {name!r} must '
