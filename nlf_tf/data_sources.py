@@ -28,13 +28,17 @@ class TrainingData:
     skip_counter: tf.Variable = None  # int64 [4]: bad records skipped per category
 
 
+# (category, flag) of the four sub-batch sizes, in batch order.
+BATCH_SIZE_FLAGS = (('param', 'batch_size_parametric'), ('kp3d', 'batch_size'),
+                    ('dense', 'batch_size_densepose'), ('kp2d', 'batch_size_2d'))
+
+
 def micro_batch_sizes(cfg):
     """Per-micro-step sub-batch sizes: each configured size is global per optimizer step and
     is divided by grad_accum_steps."""
     n = cfg.grad_accum_steps
     sizes = {}
-    for name, flag in (('param', 'batch_size_parametric'), ('kp3d', 'batch_size'),
-                       ('dense', 'batch_size_densepose'), ('kp2d', 'batch_size_2d')):
+    for name, flag in BATCH_SIZE_FLAGS:
         size = cfg[flag]
         if size < 0 or size % n != 0:
             raise DataConfigError(

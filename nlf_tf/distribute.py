@@ -32,11 +32,10 @@ import tempfile
 
 import tensorflow as tf
 
+from nlf_tf import data_sources
+
 DISTRIBUTIONS = ('none', 'mirrored', 'multi_worker')
 
-# (category, flag) of the four sub-batch sizes.
-BATCH_SIZE_FLAGS = (('param', 'batch_size_parametric'), ('kp3d', 'batch_size'),
-                    ('dense', 'batch_size_densepose'), ('kp2d', 'batch_size_2d'))
 
 
 def distribution_name(cfg):
@@ -114,7 +113,7 @@ def check_batch_sizes(cfg, num_replicas):
     """Raises ValueError naming the flag if a sub-batch size is not divisible by
     num_replicas × grad_accum_steps."""
     divisor = int(num_replicas) * int(cfg.grad_accum_steps)
-    for category, flag in BATCH_SIZE_FLAGS:
+    for category, flag in data_sources.BATCH_SIZE_FLAGS:
         size = cfg[flag]
         if size % divisor != 0:
             raise ValueError(

@@ -51,6 +51,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from nlf_tf import data_sources
 from nlf_tf.data import augmentation
 from nlf_tf.data import backgrounds
 from nlf_tf.data import occluders
@@ -64,8 +65,6 @@ EPOCH_ORDERS = 64
 FILE_CYCLE = 4
 # 2D keypoints (and DensePose points) below this fraction of the stored height are invalid (NLF).
 MAX_Y_FRACTION = 0.95
-_BATCH_SIZE_FLAGS = dict(param='batch_size_parametric', kp3d='batch_size',
-                         dense='batch_size_densepose', kp2d='batch_size_2d')
 _SEED_TAG = 0x4E4C46  # 'NLF': separates the data keys from other users of the seed
 
 _logged_notes = set()
@@ -482,9 +481,8 @@ def make_training_dataset(cfg, sources, joint_table_names, start_step=0, end_ste
     Elements: {'param', 'kp3d', 'dense', 'kp2d'} dicts in the trainer's dense format.
     """
     from nlf_tf import specs as specs_lib
-    from nlf_tf.data_sources import micro_batch_sizes
 
-    sizes = micro_batch_sizes(cfg)
+    sizes = data_sources.micro_batch_sizes(cfg)
     settings = augmentation.settings_from_config(cfg)
     shard = ((1, 0) if input_context is None else
              (int(input_context.num_input_pipelines), int(input_context.input_pipeline_id)))
@@ -559,7 +557,7 @@ def make_training_dataset(cfg, sources, joint_table_names, start_step=0, end_ste
         if not entries:
             raise ValueError(
                 f'category {category!r} has sub-batch size {size} but no data source; give it '
-                f'TFRecords or set --{_BATCH_SIZE_FLAGS[category]}=0')
+                f'TFRecords or set --{dict(data_sources.BATCH_SIZE_FLAGS)[category]}=0')
         streams = [record_stream(files, cfg.seed, ci, di, shuffle_block, shard)
                    for di, (_, files, _) in enumerate(entries)]
         records = _mixed_records(streams, [w for _, _, w in entries], cfg.seed, ci, shard)
