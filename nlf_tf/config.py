@@ -32,6 +32,12 @@ FLAG_TABLE = (
      'Comma-separated output folders of nlf-tf-prepare (one dataset split each).'),
     ('dataset_weights', 'str', None,
      'Mixing weights within a category, e.g. "mads:2,coco:4" (default: each spec\'s weight).'),
+    ('body_model_dir', 'str', None,
+     'Folder of the body-model files (smpl/, smplh/, smplx/ as in the README) for parametric '
+     'data (AGORA, BEHAVE); the trainer forwards these models to get the GT points.'),
+    ('canonical_dir', 'str', None,
+     'Cache of the canonical-space assets made by nlf-tf-canonical (default: '
+     '<body_model_dir>/canonical_assets); missing or stale assets are generated on start.'),
     # --- augmentation (training pipeline of prepared data) ---
     ('geom_aug', 'bool', True,
      'Geometric augmentation: partial visibility, box-centre shift, zoom and roll.'),

@@ -11,7 +11,7 @@ import easydict
 import keras
 import tensorflow as tf
 
-from nlf_tf import geometry, losses as losses_lib, metrics as metrics_lib, reconstruction
+from nlf_tf import geometry, losses as losses_lib, metrics as metrics_lib, parametric, reconstruction
 
 CATEGORIES = ('param', 'kp3d', 'dense', 'kp2d')
 # Adjusted step from which the full-perspective solver replaces the weak-perspective one.
@@ -25,9 +25,13 @@ class NLFTrainer(keras.Model):
       model: provides `backbone`, `heatmap_head`, `canonical_locs()` and Keras `losses`
         (regularisation).
       cfg: an EasyDict of settings (see `nlf_tf.config`).
+      pca_term: optional `nlf_tf.pca_training.PCATerm`.
+      body_models: {kind name: body model} (`nlf_tf.body_models.tf_model.BodyModel`) used to
+        compute the GT points of param sub-batches that carry body-model parameters (see
+        `nlf_tf.parametric`); param sub-batches with ready-made `coords3d_true` need none.
     """
 
-    def __init__(self, model, cfg, pca_term=None, **kwargs):
+    def __init__(self, model, cfg, pca_term=None, body_models=None, **kwargs):
         super().__init__(**kwargs)
         self.model = model
         # Plain attribute: Keras would turn a dict attribute into a tracked dict without the
@@ -45,6 +49,8 @@ class NLFTrainer(keras.Model):
         self.train_step_traces = 0
         # Optional `nlf_tf.pca_training.PCATerm` (its weighted loss joins the total).
         self.pca_term = pca_term
+        # Untracked: the body models are constants, not part of checkpoints or exports.
+        object.__setattr__(self, 'body_models', dict(body_models or {}))
 
     # ------------------------------------------------------------------------------------
     # Building
@@ -121,6 +127,14 @@ class NLFTrainer(keras.Model):
         """Canonical points, stacked tensors and GT visibility of a four-category batch."""
         cfg = self.cfg
         inps = easydict.EasyDict({c: easydict.EasyDict(inps[c]) for c in CATEGORIES})
+        param = inps.param
+        if parametric.has_body_model_params(param):
+            # GT points = the posed body model interpolated at the sampled points (NLF forwards
+            # the body models inside the step, grouped by kind); XLA needs static shapes.
+            param.coords3d_true, has_model = parametric.parametric_ground_truth(
+                param, self.body_models, static_shapes=bool(cfg.get('jit_compile')))
+            param.point_validity = tf.logical_and(
+                tf.cast(param.point_validity, tf.bool), has_model[:, tf.newaxis])
         canonical_locs = tf.cast(self.model.canonical_locs(), tf.float32)
         for c in CATEGORIES:
             part = inps[c]

@@ -57,6 +57,8 @@ class Example:
     dense_barycoords: np.ndarray | None = None
     mask_rle: dict | None = None
     dense_canonical: np.ndarray | None = None
+    # Parametric ground truth (category 'param'), WORLD frame; see `validate_body_params`.
+    body_params: dict | None = None
 
     @property
     def source(self):
@@ -111,12 +113,71 @@ class Example:
             if value is not None and n_dense is None:
                 raise DatasetError(src, name, 'given without dense_imcoords')
             setattr(self, name, value)
+        if self.body_params is not None:
+            self.body_params = validate_body_params(src, self.body_params)
+        elif self.category == 'param':
+            raise DatasetError(src, 'body_params', 'a param example needs body_params')
         if self.mask_rle is not None:
             if (not isinstance(self.mask_rle, dict) or 'size' not in self.mask_rle
                     or 'counts' not in self.mask_rle):
                 raise DatasetError(src, 'mask_rle',
                                    'must be a COCO RLE dict with "size" and "counts"')
         return self
+
+
+BODY_PARAM_DEFAULTS = dict(expression=(), kid_factor=0.0, scale=1.0, is_shape_valid=True)
+
+
+def validate_body_params(src, params):
+    """Checks and normalises the body-model parameters of a param example.
+
+    Keys: `body_model` (kind string, e.g. 'smplx_n', see `nlf_tf.body_models.kinds`), `pose`
+    (axis-angle [3 J] of the family's J joints, global orientation first, hand poses absolute,
+    i.e. any hand mean already added), `shape` (betas, at most kinds.SHAPE_SIZE), `trans` [3]
+    (metres, WORLD frame: the body model's output plus `trans` is the person in the world frame
+    of the example's camera, the global rotation acting about the rest-pose pelvis), and
+    optional `expression` (at most kinds.EXPRESSION_SIZE), `kid_factor` (0), `scale` (1: world =
+    scale x body-model output), `is_shape_valid` (True). Returns a new dict with float32 arrays,
+    floats and a bool; raises DatasetError naming the field.
+    """
+    from nlf_tf.body_models import kinds
+
+    if not isinstance(params, dict):
+        raise DatasetError(src, 'body_params', 'must be a dict')
+    for key in ('body_model', 'pose', 'shape', 'trans'):
+        if key not in params:
+            raise DatasetError(src, f'body_params.{key}', 'missing')
+    unknown = set(params) - {'body_model', 'pose', 'shape', 'trans', *BODY_PARAM_DEFAULTS}
+    if unknown:
+        raise DatasetError(src, 'body_params', f'unknown keys {sorted(unknown)}')
+    kind = params['body_model']
+    if not isinstance(kind, str) or kind not in kinds.KINDS:
+        raise DatasetError(src, 'body_params.body_model',
+                           f'must be one of {", ".join(kinds.KINDS)}, got {kind!r}')
+    num_joints = kinds.NUM_JOINTS[kinds.family_of(kind)]
+    out = dict(BODY_PARAM_DEFAULTS, **params)
+    out['pose'] = _array(src, 'body_params.pose', out['pose'], np.float32, (3 * num_joints,))
+    out['trans'] = _array(src, 'body_params.trans', out['trans'], np.float32, (3,))
+    for key, limit in (('shape', kinds.SHAPE_SIZE), ('expression', kinds.EXPRESSION_SIZE)):
+        value = _array(src, f'body_params.{key}', np.reshape(out[key], [-1]), np.float32,
+                       (None,))
+        if len(value) > limit:
+            raise DatasetError(src, f'body_params.{key}',
+                               f'has {len(value)} values, at most {limit} are supported')
+        out[key] = value
+    for key in ('kid_factor', 'scale'):
+        try:
+            out[key] = float(out[key])
+        except (TypeError, ValueError):
+            raise DatasetError(src, f'body_params.{key}',
+                               f'must be a number, got {out[key]!r}') from None
+    for key in ('pose', 'shape', 'expression', 'trans', 'kid_factor', 'scale'):
+        if not np.all(np.isfinite(out[key])):
+            raise DatasetError(src, f'body_params.{key}', 'contains non-finite values')
+    if not out['scale'] > 0:
+        raise DatasetError(src, 'body_params.scale', f'must be > 0, got {out["scale"]}')
+    out['is_shape_valid'] = bool(out['is_shape_valid'])
+    return out
 
 
 def _array(src, name, value, dtype, shape):
