@@ -24,6 +24,12 @@ Two file layouts are read:
 - `kintree_table` int64 [2, J]     row 0: parent of each joint, -1 for the root (files store
                                    the root's parent as 2**32 - 1); row 1: joint ids
 - `f`             int32 [F, 3]     triangle vertex ids
+
+and, only if the file has them (SMPL-X and SMPL+H files), the optional entries
+
+- `hands_meanl`, `hands_meanr` float64 [45] mean left / right hand pose (15 finger joints x
+                                   axis-angle); a pose in the "flat hand mean" convention is the
+                                   stored hand pose plus this mean
 """
 
 import io
@@ -35,6 +41,7 @@ import scipy.sparse
 
 REQUIRED_KEYS = ('v_template', 'shapedirs', 'posedirs', 'J_regressor', 'weights',
                  'kintree_table', 'f')
+OPTIONAL_KEYS = ('hands_meanl', 'hands_meanr')
 
 
 class ModelFileError(ValueError):
@@ -88,6 +95,13 @@ def _read_npz(path):
                 raise ModelFileError(
                     path, key, f'cannot be read without pickle ({e}); store it as a plain '
                                f'numeric array') from None
+        for key in OPTIONAL_KEYS:
+            if key in archive.files:
+                try:
+                    raw[key] = archive[key]
+                except ValueError as e:
+                    raise ModelFileError(path, key, f'cannot be read without pickle ({e})') \
+                        from None
     return raw
 
 
@@ -177,6 +191,9 @@ def _read_pkl(path):
         if key not in obj:
             raise ModelFileError(path, key, 'missing from the .pkl file')
         raw[key] = _to_array(path, key, obj[key])
+    for key in OPTIONAL_KEYS:
+        if key in obj:
+            raw[key] = _to_array(path, key, obj[key])
     return raw
 
 
@@ -282,6 +299,14 @@ def _validate(path, raw):
         if not np.all(np.isfinite(value)):
             raise ModelFileError(path, key, 'contains non-finite values')
 
-    return dict(v_template=v_template, shapedirs=shapedirs, posedirs=posedirs,
-                J_regressor=j_regressor, weights=weights, kintree_table=kintree,
-                f=faces.astype(np.int32))
+    result = dict(v_template=v_template, shapedirs=shapedirs, posedirs=posedirs,
+                  J_regressor=j_regressor, weights=weights, kintree_table=kintree,
+                  f=faces.astype(np.int32))
+    for key in OPTIONAL_KEYS:
+        if key in raw:
+            value = arr(key, np.float64).reshape(-1)
+            if value.shape != (45,) or not np.all(np.isfinite(value)):
+                raise ModelFileError(path, key, f'must be 45 finite numbers (15 joints x 3), '
+                                                f'got shape {list(np.shape(raw[key]))}')
+            result[key] = value
+    return result
