@@ -39,7 +39,8 @@ setup(
         'scipy',  # reads the MATLAB .mat files of MADS and DensePose
     ],
     extras_require={
-        'test': ['pytest'],
+        'test': ['pytest', 'pandas'],
+        'agora': ['pandas'],  # reads AGORA's DataFrame pickles (also used by the demo)
         'video': ['imageio', 'imageio-ffmpeg'],  # decodes MADS videos at prepare time
     },
     entry_points={'console_scripts': [
@@ -47,6 +48,7 @@ setup(
         'nlf-tf-prepare=nlf_tf.cli.prepare:run',
         'nlf-tf-inspect=nlf_tf.cli.inspect:run',
         'nlf-tf-data-service=nlf_tf.cli.data_service:run',
+        'nlf-tf-canonical=nlf_tf.cli.canonical:run',
     ]},
     cmdclass={'build_py': BuildPyWithSpecs},
 )

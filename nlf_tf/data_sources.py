@@ -26,6 +26,10 @@ class TrainingData:
     canonical_init: np.ndarray
     dataset: tf.data.Dataset
     skip_counter: tf.Variable = None  # int64 [4]: bad records skipped per category
+    # Parametric data with body-model parameters: the kinds (e.g. 'smplx_n') whose body models
+    # the trainer must forward, and the folder of their files.
+    body_model_kinds: tuple = ()
+    body_model_dir: str = None
 
 
 # (category, flag) of the four sub-batch sizes, in batch order.
@@ -95,6 +99,42 @@ def prepared_sources(dirs, weights_text=None):
     return sources
 
 
+def parametric_setup(cfg, sources, body_model_dir=None, canonical_dir=None, log=print):
+    """({family: canonical assets}, body-model kinds) needed by the param sources.
+
+    The canonical-space assets of each body-model family the param datasets use (data spec
+    field `body_model_family`) are generated on first use and cached (see
+    `nlf_tf.body_models.canonical_assets`); the kinds are those whose model files exist.
+    Returns ({}, ()) when there is no param source or the param sub-batch is empty.
+    """
+    from nlf_tf import specs
+    datasets = sorted({s[0] for s in sources if s[1] == 'param'})
+    if not datasets or micro_batch_sizes(cfg)['param'] == 0:
+        return {}, ()
+    body_model_dir = body_model_dir or cfg.get('body_model_dir')
+    if not body_model_dir:
+        raise DataConfigError(
+            f'parametric data ({", ".join(datasets)}) needs --body_model_dir, the folder of the '
+            f'SMPL/SMPL+H/SMPL-X files (see the README, "Body-model files")')
+    families = []
+    for name in datasets:
+        body_model = specs.load_spec(name).get('body_model')
+        family = body_model.get('type') if isinstance(body_model, dict) else None
+        if not family:
+            raise DataConfigError(f'data spec {name!r} has no "body_model": {{"type": ...}}')
+        if family not in families:
+            families.append(family)
+    from nlf_tf.body_models import canonical_assets
+    try:
+        paths = canonical_assets.ensure_assets(
+            body_model_dir, canonical_dir or cfg.get('canonical_dir'), families, log=log)
+        assets = {f: canonical_assets.load_assets(paths[f], f) for f in families}
+    except (ValueError, OSError) as e:
+        raise DataConfigError(f'--body_model_dir={body_model_dir}: {e}') from e
+    kinds = tuple(str(k) for f in families for k in assets[f]['kinds'])
+    return assets, kinds
+
+
 def build_data(cfg, start_step, end_step):
     """The `TrainingData` of the micro-steps start_step..end_step-1 (identical elements,
     whatever the start, to those of an uninterrupted run)."""
@@ -115,15 +155,17 @@ def build_data(cfg, start_step, end_step):
         sources = prepared_sources(dirs, cfg.dataset_weights)
         names = sorted({dataset for dataset, category, _, _ in sources if category != 'param'})
         joint_names, canonical_init = joint_table.build_joint_table(names)
+        param_assets, kinds = parametric_setup(cfg, sources)
         skip_counter = tf.Variable(tf.zeros([4], tf.int64), trainable=False,
                                    name='skipped_records')
         try:
             dataset = pipeline.make_training_dataset(
                 cfg, sources, joint_names, start_step=start_step, end_step=end_step,
-                skip_counter=skip_counter)
+                skip_counter=skip_counter, param_assets=param_assets or None)
         except ValueError as e:
             raise DataConfigError(str(e)) from e
-        return TrainingData(joint_names, canonical_init, dataset, skip_counter)
+        return TrainingData(joint_names, canonical_init, dataset, skip_counter, kinds,
+                            cfg.get('body_model_dir'))
     if cfg.data == 'synthetic':
         # Tiny native-format COCO/WholeBody/DensePose/MADS folders written and prepared under
         # the logdir (reused when present), then read like 'prepared'; param from the demo.

@@ -85,10 +85,24 @@ def build_data(cfg, start_step, end_step):
         raise ConfigError(str(e)) from e
 
 
-def build_trainer(cfg, joint_names, canonical_init, pca_term=None):
+def build_body_models(body_model_dir, kinds):
+    """{kind: BodyModel} for the trainer's param ground truth (see `nlf_tf.parametric`)."""
+    if not kinds:
+        return {}
+    from nlf_tf.body_models import kinds as kinds_lib
+    from nlf_tf.body_models import tf_model
+    try:
+        return {kind: tf_model.BodyModel.from_dir(
+            body_model_dir, kinds_lib.family_of(kind), kind.rsplit('_', 1)[1])
+            for kind in kinds}
+    except ValueError as e:  # ModelFileError names the file and the field
+        raise ConfigError(f'--body_model_dir: {e}') from e
+
+
+def build_trainer(cfg, joint_names, canonical_init, pca_term=None, body_models=None):
     from nlf_tf.model import NLFModel
     model = NLFModel(cfg, joint_names=joint_names, canonical_init=canonical_init)
-    trainer = trainer_lib.NLFTrainer(model, cfg, pca_term=pca_term)
+    trainer = trainer_lib.NLFTrainer(model, cfg, pca_term=pca_term, body_models=body_models)
     return model, trainer
 
 
@@ -141,7 +155,8 @@ def _run_training(cfg, extra_callbacks, dirs, checkpoint_dir):
             pca_term = pca_training.build_pca_term(cfg, joint_names, fit_data)
         except (ValueError, TypeError, FileNotFoundError) as e:
             raise ConfigError(f'PCA loss (--pca_*): {e}') from e
-    model, trainer = build_trainer(cfg, joint_names, canonical_init, pca_term)
+    body_models = build_body_models(first_data.body_model_dir, first_data.body_model_kinds)
+    model, trainer = build_trainer(cfg, joint_names, canonical_init, pca_term, body_models)
     if cfg.load_backbone_from:
         from nlf_tf.model import backbone as backbone_lib
         report = backbone_lib.load_backbone_weights(model.backbone, cfg.load_backbone_from)

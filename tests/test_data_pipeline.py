@@ -8,7 +8,9 @@ import pytest
 import tensorflow as tf
 
 from nlf_tf import config
+from nlf_tf.body_models import kinds
 from nlf_tf.data import augmentation
+from nlf_tf.data import param_sampling
 from nlf_tf.data import pipeline
 from nlf_tf.data import tfrecord
 
@@ -185,7 +187,8 @@ def test_readers_registry_is_lazy():
 
     from nlf_tf.data import readers
 
-    assert set(readers.READERS) == {'coco', 'coco_wholebody', 'densepose_coco', 'mads'}
+    assert set(readers.READERS) == {'coco', 'coco_wholebody', 'densepose_coco', 'mads', 'agora',
+                                    'behave'}
     assert readers.READERS['coco_wholebody'].fixed_options == {'variant': 'wholebody'}
     assert readers.READERS['mads'].module == 'nlf_tf.data.mads'
     with pytest.raises(KeyError, match='unknown dataset'):
@@ -359,7 +362,15 @@ def test_batches_have_exact_sizes_shapes_and_dtypes(shards):
                             point_ids=((b, POINTS), np.int32),
                             canonical_points=((b, POINTS, 3), np.float32),
                             point_validity=((b, POINTS), bool))
-            if c in ('param', 'kp3d'):
+            if c == 'param':
+                expected.update(
+                    root_index=((b,), np.int32), body_model=((b,), np.int32),
+                    pose=((b, 165), np.float32), shape=((b, 128), np.float32),
+                    expression=((b, 10), np.float32), trans=((b, 3), np.float32),
+                    kid_factor=((b,), np.float32), scale=((b,), np.float32),
+                    interp_columns=((b, POINTS, 8), np.int32),
+                    interp_weights=((b, POINTS, 8), np.float32))
+            elif c == 'kp3d':
                 expected.update(coords3d_true=((b, POINTS, 3), np.float32),
                                 root_index=((b,), np.int32))
             else:
@@ -371,7 +382,7 @@ def test_batches_have_exact_sizes_shapes_and_dtypes(shards):
             assert np.all(np.isfinite(part['intrinsics']))
             invalid = ~part['point_validity']
             coords = part.get('coords3d_true', part.get('coords2d_true'))
-            assert np.all(coords[invalid] == 0)
+            assert c == 'param' or np.all(coords[invalid] == 0)
         kp3d = batch['kp3d']
         assert kp3d['point_validity'][:, :3].all() and not kp3d['point_validity'][:, 3:].any()
         np.testing.assert_array_equal(kp3d['root_index'], 0)
@@ -423,9 +434,9 @@ def test_missing_source_and_param_errors(shards):
     with pytest.raises(ValueError, match='dense.*batch_size_densepose'):
         pipeline.make_training_dataset(_cfg(), [_sources(shards)[0], _sources(shards)[1]],
                                        TABLE, dataset_specs=SPECS)
-    with pytest.raises(ValueError, match='batch_size_parametric'):
-        pipeline.make_training_dataset(_cfg(), [('toy3d', 'param', shards['kp3d'], 1.0)],
-                                       TABLE, dataset_specs=SPECS)
+    with pytest.raises(ValueError, match="'param'.*no data source.*batch_size_parametric"):
+        pipeline.make_training_dataset(_cfg(batch_size_parametric=2), _sources(shards), TABLE,
+                                       dataset_specs=SPECS)
 
 
 def test_mislabelled_source_fails_at_construction(shards):
@@ -470,3 +481,258 @@ def test_mixing_two_datasets_by_weight(shards, tmp_path):
     counts = [b['kp2d']['point_validity'].sum(axis=1) for b in _take(dataset, 25)]
     share = np.mean(np.concatenate(counts) == 1)
     assert 0.15 < share < 0.35  # expected 0.25
+
+
+# ----------------------------------------------------------------------------------------
+# Parametric (body-model) examples
+# ----------------------------------------------------------------------------------------
+
+PARAM_SPECS = {
+    'toyagora': dict(category='param', body_model=dict(type='smplx'), single_person=False,
+                     realistic_background=True),
+    'toybehave': dict(category='param', body_model=dict(type='smplh'), single_person=True),
+}
+PARAM_POINTS = 128  # SMPL-X: 80 - 28 surface, 48 - 27 interior, 55 joints
+
+
+def param_assets():
+    from test_data_param_sampling import tiny_assets
+    return {'smplx': tiny_assets('smplx', num_interior=80, seed=1),
+            'smplh': tiny_assets('smplh', num_interior=80, seed=2)}
+
+
+def _with_params(serialized, **params):
+    proto = tf.train.Example.FromString(serialized)
+    feature = proto.features.feature
+    for name, value in params.items():
+        if name == 'body_model':
+            feature[name].bytes_list.value[:] = [value.encode()]
+        elif name == 'is_shape_valid':
+            feature[name].int64_list.value[:] = [int(value)]
+        else:
+            feature[name].float_list.value[:] = np.asarray(value, np.float32).reshape(-1).tolist()
+    return proto.SerializeToString()
+
+
+def _pelvis_of(assets, kind, shape, expression=np.zeros(10), kid=0.0):
+    g = list(assets['kinds']).index(kind)
+    return (assets['rest_pelvis'][g] + assets['rest_pelvis_shapedirs'][g][:, :len(shape)] @ shape
+            + assets['rest_pelvis_exprdirs'][g] @ expression
+            + kid * assets['rest_pelvis_kiddir'][g]).astype(np.float64)
+
+
+def record_param(rng, dataset='toyagora', kind='smplx_n', scale=1.2, pelvis_pixel=(40, 30),
+                 **overrides):
+    """A param record whose posed pelvis (world) projects onto a blue dot at pelvis_pixel."""
+    assets = param_assets()[kind.split('_')[0]]
+    num_joints = 55 if kind.startswith('smplx') else 52
+    shape = rng.normal(0, 1, 10)
+    ray = np.linalg.inv(STORED_K) @ [pelvis_pixel[0], pelvis_pixel[1], 1.0]
+    pelvis_world = CENTER + 3.5 * ray @ STORED_R
+    # world = scale * (model + trans); the posed pelvis is the rest pelvis + trans.
+    trans = pelvis_world / scale - _pelvis_of(assets, kind, shape)
+    params = dict(body_model=kind, pose=rng.normal(0, 0.4, 3 * num_joints), shape=shape,
+                  trans=trans, scale=scale)
+    params.update(overrides)
+    dots = np.array([pelvis_pixel, [np.nan, np.nan], [np.nan, np.nan]], np.float32)
+    serialized = _record(dataset, 'param', _jpeg(_draw_dots(dots)), STORED_K, STORED_R, CENTER,
+                         has_camera=1, box=(20, 10, 40, 40))
+    return _with_params(serialized, **params), params
+
+
+def param_tables():
+    return pipeline.ParamTables(param_assets())
+
+
+def test_param_example_camera_frame_points_and_format():
+    rng = np.random.default_rng(20)
+    serialized, params = record_param(rng)
+    record = decoded(serialized)
+    tables = param_tables()
+    geometry = augmentation.identity_geometry()
+    ex = pipeline.make_param_example(record, {}, tables, geometry, SIDE, PARAM_POINTS,
+                                     NO_APPEARANCE, sample_key=tf.constant([1, 2], tf.int64))
+    ex = {k: v.numpy() for k, v in ex.items()}
+    expected = dict(image=((SIDE, SIDE, 3), np.float32), intrinsics=((3, 3), np.float32),
+                    point_ids=((PARAM_POINTS,), np.int32),
+                    canonical_points=((PARAM_POINTS, 3), np.float32),
+                    point_validity=((PARAM_POINTS,), bool), root_index=((), np.int32),
+                    body_model=((), np.int32), pose=((165,), np.float32),
+                    shape=((128,), np.float32), expression=((10,), np.float32),
+                    trans=((3,), np.float32), kid_factor=((), np.float32),
+                    scale=((), np.float32), interp_columns=((PARAM_POINTS, 8), np.int32),
+                    interp_weights=((PARAM_POINTS, 8), np.float32))
+    assert set(ex) == set(expected)
+    for key, (shape, dtype) in expected.items():
+        assert ex[key].shape == shape and ex[key].dtype == dtype, key
+    assert np.all(ex['point_ids'] == -1) and ex['point_validity'].all()
+    assert ex['root_index'] == PARAM_POINTS - 55
+    assert ex['body_model'] == kinds.kind_index('smplx_n')
+    np.testing.assert_allclose(ex['shape'][:10], params['shape'], rtol=1e-6)
+    assert np.all(ex['shape'][10:] == 0) and np.all(ex['expression'] == 0)
+    np.testing.assert_allclose(ex['pose'][3:], params['pose'][3:], rtol=1e-6)
+    assert ex['scale'] == np.float32(1.2) and ex['kid_factor'] == 0
+    # Sampled points: those of param_sampling with the same key and assets.
+    points, columns, weights, _ = param_sampling.sample_points(
+        tables.assets['smplx'], tf.constant([1, 2], tf.int64), PARAM_POINTS)
+    np.testing.assert_array_equal(ex['canonical_points'], points)
+    np.testing.assert_array_equal(ex['interp_columns'], columns)
+    np.testing.assert_array_equal(ex['interp_weights'], weights)
+
+    # Camera frame: global rotation R_c R_g, and the posed pelvis scale * (p + trans') is the
+    # world pelvis seen from the crop camera, so it projects onto the drawn dot.
+    from scipy.spatial.transform import Rotation
+    _, r_c = augmentation.crop_camera(record['intrinsics'], record['rotation'],
+                                      record['world_up'], record['box'], True, SIDE, geometry)
+    want = r_c.numpy() @ Rotation.from_rotvec(params['pose'][:3]).as_matrix()
+    np.testing.assert_allclose(Rotation.from_rotvec(ex['pose'][:3]).as_matrix(), want,
+                               atol=1e-5)
+    pelvis = 1.2 * (_pelvis_of(param_assets()['smplx'], 'smplx_n', params['shape'])
+                    + ex['trans'])
+    world_pelvis = 1.2 * (_pelvis_of(param_assets()['smplx'], 'smplx_n', params['shape'])
+                          + params['trans'])
+    np.testing.assert_allclose(np.linalg.norm(pelvis), np.linalg.norm(world_pelvis - CENTER),
+                               rtol=1e-5)
+    projected = ex['intrinsics'] @ pelvis
+    np.testing.assert_allclose(dot_centre(ex['image'], 'pelv'), projected[:2] / projected[2],
+                               atol=1.0)
+
+    # Never flipped; shape-invalid records supervise only the joints.
+    flipped = dict(geometry, flip=tf.constant(True))
+    again = pipeline.make_param_example(record, {}, tables, flipped, SIDE, PARAM_POINTS,
+                                        NO_APPEARANCE, sample_key=tf.constant([1, 2], tf.int64))
+    np.testing.assert_array_equal(again['image'], ex['image'])
+    np.testing.assert_array_equal(again['pose'], ex['pose'])
+    record = decoded(_with_params(serialized, is_shape_valid=0))
+    ex = pipeline.make_param_example(record, {}, tables, geometry, SIDE, PARAM_POINTS,
+                                     NO_APPEARANCE)
+    np.testing.assert_array_equal(ex['point_validity'],
+                                  np.arange(PARAM_POINTS) >= PARAM_POINTS - 55)
+
+
+def test_param_example_smplh_with_augmentation_lands_on_dot():
+    rng = np.random.default_rng(21)
+    settings = augmentation.settings_from_config(dict(color_aug=False, jpeg_aug_prob=0.0,
+                                                      occlude_aug_prob=0.0, rot_aug=40.0))
+    tables = param_tables()
+    for i in range(3):
+        serialized, params = record_param(rng, 'toybehave', 'smplh_f', scale=0.8,
+                                          expression=np.zeros(0), kid_factor=0.0)
+        geometry = augmentation.sample_geometry(tf.constant([9, i], tf.int64), settings, True)
+        ex = pipeline.make_param_example(decoded(serialized), {}, tables, geometry, SIDE,
+                                         PARAM_POINTS, settings)
+        assert int(ex['body_model']) == kinds.kind_index('smplh_f')
+        assert int(ex['root_index']) == PARAM_POINTS - 52
+        np.testing.assert_array_equal(ex['pose'][156:], 0)
+        pelvis = 0.8 * (_pelvis_of(param_assets()['smplh'], 'smplh_f', params['shape'])
+                        + ex['trans'].numpy())
+        projected = ex['intrinsics'].numpy() @ pelvis
+        found = dot_centre(ex['image'], 'pelv')
+        if found is not None and np.all((projected[:2] / projected[2] > 3)
+                                        & (projected[:2] / projected[2] < SIDE - 4)):
+            np.testing.assert_allclose(found, projected[:2] / projected[2], atol=1.0)
+
+
+@pytest.fixture(scope='module')
+def param_shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp('param_shards')
+    rng = np.random.default_rng(22)
+    agora = [write_tfrecord(root / 'agora.tfrecord',
+                            [record_param(rng)[0] for _ in range(4)])]
+    behave = [write_tfrecord(root / 'behave.tfrecord',
+                             [record_param(rng, 'toybehave', 'smplh_m')[0] for _ in range(3)])]
+    bad = [write_tfrecord(root / 'bad.tfrecord', [
+        record_param(rng)[0],
+        record_param(rng, body_model='smplq_n')[0],                 # unknown kind
+        record_param(rng)[0],
+        record_param(rng, pose=np.zeros(156))[0],                   # pose of another family
+        record_param(rng, body_model='smpl_n', pose=np.zeros(72))[0],  # family without assets
+        record_param(rng, scale=np.nan)[0],                         # non-finite
+    ])]
+    return dict(agora=agora, behave=behave, bad=bad)
+
+
+def _param_cfg(**overrides):
+    return _cfg(**dict(dict(batch_size_parametric=3, batch_size=0, batch_size_densepose=0,
+                            batch_size_2d=0, num_points=PARAM_POINTS), **overrides))
+
+
+def test_param_batches_format_and_determinism(param_shards):
+    sources = [('toyagora', 'param', param_shards['agora'], 2.0),
+               ('toybehave', 'param', param_shards['behave'], 1.0)]
+    make = lambda: pipeline.make_training_dataset(  # noqa: E731
+        _param_cfg(), sources, TABLE, dataset_specs=PARAM_SPECS, end_step=3, shuffle_block=4,
+        param_assets=param_assets())
+    first, again = _take(make(), 5), _take(make(), 5)
+    assert len(first) == 3
+    for a, b in zip(first, again):
+        tf.nest.map_structure(np.testing.assert_array_equal, a, b)
+    p = PARAM_POINTS
+    expected = dict(image=((3, SIDE, SIDE, 3), np.float32), intrinsics=((3, 3, 3), np.float32),
+                    point_ids=((3, p), np.int32), canonical_points=((3, p, 3), np.float32),
+                    point_validity=((3, p), bool), root_index=((3,), np.int32),
+                    body_model=((3,), np.int32), pose=((3, 165), np.float32),
+                    shape=((3, 128), np.float32), expression=((3, 10), np.float32),
+                    trans=((3, 3), np.float32), kid_factor=((3,), np.float32),
+                    scale=((3,), np.float32), interp_columns=((3, p, 8), np.int32),
+                    interp_weights=((3, p, 8), np.float32))
+    seen = set()
+    for batch in first:
+        param = batch['param']
+        assert set(param) == set(expected)
+        for key, (shape, dtype) in expected.items():
+            assert param[key].shape == shape and param[key].dtype == dtype, key
+        for i, kind in enumerate(param['body_model']):
+            name = kinds.KINDS[kind]
+            seen.add(name)
+            j = 55 if name.startswith('smplx') else 52
+            assert param['root_index'][i] == p - j
+            assert param['point_validity'][i].all() and np.all(param['point_ids'][i] == -1)
+            nodes = param_assets()[name.split('_')[0]]
+            nodes = np.concatenate([nodes['vertices'], nodes['joints']])
+            assert param['interp_columns'][i].max() < len(nodes)
+            np.testing.assert_allclose(
+                np.einsum('pk,pkd->pd', param['interp_weights'][i],
+                          nodes[param['interp_columns'][i]]),
+                param['canonical_points'][i], atol=1e-5)
+        assert batch['kp3d']['image'].shape == (0, SIDE, SIDE, 3)
+    assert seen == {'smplx_n', 'smplh_m'}
+
+
+def test_param_bad_records_dropped_and_counted(param_shards):
+    counter = tf.Variable(tf.zeros([4], tf.int64))
+    dataset = pipeline.make_training_dataset(
+        _param_cfg(batch_size_parametric=2), [('toyagora', 'param', param_shards['bad'], 1.0)],
+        TABLE, dataset_specs=PARAM_SPECS, end_step=3, shuffle_block=6, skip_counter=counter,
+        include_skip_counts=True, param_assets=param_assets())
+    batches = _take(dataset, 3)
+    # 3 steps x 2 = 6 records = one pass over the file: 4 bad ones.
+    assert sum(int(b['num_skipped'][0]) for b in batches) == 4
+    np.testing.assert_array_equal(counter.numpy(), [4, 0, 0, 0])
+    for b in batches:
+        param = b['param']
+        if b['num_skipped'][0] == 2:  # placeholders
+            np.testing.assert_array_equal(param['body_model'], -1)
+            assert not param['point_validity'].any() and not param['image'].any()
+            np.testing.assert_array_equal(param['scale'], 1.0)
+            assert not param['interp_weights'].any()
+        else:
+            np.testing.assert_array_equal(param['body_model'], kinds.kind_index('smplx_n'))
+
+
+def test_param_construction_errors(param_shards):
+    sources = [('toyagora', 'param', param_shards['agora'], 1.0)]
+    with pytest.raises(ValueError, match='param_assets'):
+        pipeline.make_training_dataset(_param_cfg(), sources, TABLE, dataset_specs=PARAM_SPECS)
+    with pytest.raises(ValueError, match="uses smplx body models but param_assets has only"):
+        pipeline.make_training_dataset(_param_cfg(), sources, TABLE, dataset_specs=PARAM_SPECS,
+                                       param_assets={'smplh': param_assets()['smplh']})
+    with pytest.raises(ValueError, match='interior points'):
+        pipeline.make_training_dataset(_param_cfg(num_points=1024), sources, TABLE,
+                                       dataset_specs=PARAM_SPECS, param_assets=param_assets())
+    # The real specs of the parametric datasets build tables (no joint-table rows needed).
+    from nlf_tf import specs
+    for name, family, single in (('agora', 'smplx', False), ('behave', 'smplh', True)):
+        table = pipeline.DatasetTable(name, specs.load_spec(name), TABLE, 'param')
+        assert table.body_model_family == family and table.single_person == single
+        assert table.realistic_background == (name == 'agora')

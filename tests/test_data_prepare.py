@@ -171,6 +171,43 @@ def test_warp_image_matches_camera_reproject_image(distorted, antialias):
     np.testing.assert_allclose(ours, reference, atol=2e-4)
 
 
+def _param_params():
+    return dict(body_model='smplh_f', pose=np.linspace(-0.5, 0.5, 156), shape=np.arange(10) / 4,
+                trans=[0.25, -0.5, 4.0], kid_factor=0.0, scale=0.9, is_shape_valid=True)
+
+
+def test_param_example_keeps_world_body_params_through_the_crop(tmp_path):
+    example = _kp3d_example(_distorted_camera())
+    example.category, example.dataset = 'param', 'behave'
+    example.body_params = _param_params()
+    record = prepare.process_example(example)
+    parsed = {k: v.numpy() for k, v in tfrecord.parse_example(tf.constant(record)).items()}
+    # The crop turned the camera, but the parameters (world frame) are stored unchanged.
+    assert not np.allclose(parsed['rotation'], example.camera.rot_world_to_cam, atol=1e-3)
+    assert parsed['category'] == b'param' and parsed['body_model'] == b'smplh_f'
+    np.testing.assert_allclose(parsed['pose'], np.linspace(-0.5, 0.5, 156), atol=1e-7)
+    np.testing.assert_allclose(parsed['shape'], np.arange(10) / 4)
+    np.testing.assert_allclose(parsed['trans'], [0.25, -0.5, 4.0])
+    assert parsed['expression'].shape == (0,)
+    np.testing.assert_allclose(parsed['scale'], 0.9)
+    assert parsed['kid_factor'] == 0 and parsed['is_shape_valid'] == 1
+
+    # The job writes them too (and refuses a param example without parameters).
+    example = _kp3d_example(Camera(_distorted_camera().intrinsic_matrix))
+    example.category, example.dataset = 'param', 'behave'
+    example.body_params = dict(_param_params(), is_shape_valid=False)
+    prepare.prepare_dataset([example], str(tmp_path / 'out'), 'behave', 'train', num_shards=1,
+                            crop=False, log=_quiet)
+    record, = tfrecord.read_records(
+        str(tmp_path / 'out' / 'behave-train-00000-of-00001.tfrecord'))
+    parsed = tfrecord.parse_example(record)
+    assert parsed['is_shape_valid'].numpy() == 0
+    np.testing.assert_allclose(parsed['trans'].numpy(), [0.25, -0.5, 4.0])
+    example.body_params = None
+    with pytest.raises(DatasetError, match='body_params'):
+        prepare.process_example(example)
+
+
 # ---------------------------------------------------------------------------------------------
 # The job: sharding, counts, resume, refusal
 # ---------------------------------------------------------------------------------------------

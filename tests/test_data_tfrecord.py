@@ -105,3 +105,64 @@ def test_segments_truncate_and_concatenate(tmp_path):
     tfrecord.concatenate_atomically([first, second], final)
     assert tfrecord.read_records(final) == [b'one', b'two', b'three']
     assert not os.path.exists(final + '.tmp')
+
+
+def _param_example(**overrides):
+    params = dict(body_model='smplx_f', pose=np.linspace(-1, 1, 165), shape=np.arange(20) / 10,
+                  trans=[0.5, -1.25, 3.0], expression=np.full(10, 0.3), kid_factor=0.75,
+                  scale=1.1, is_shape_valid=False)
+    params.update(overrides)
+    return Example(dataset='agora', category='param', example_id='img#3', image_path=None,
+                   image=np.zeros((4, 4, 3), np.uint8), camera=_camera(), box=[1, 2, 30, 40],
+                   body_params=params).validate()
+
+
+def test_param_record_round_trip():
+    example = _param_example()
+    record = tfrecord.serialize_example(example, b'j', 48, 64)
+    ds = tf.data.Dataset.from_tensor_slices([record]).map(tfrecord.parse_example)
+    parsed = {k: v.numpy() for k, v in next(iter(ds)).items()}
+    assert parsed['category'] == b'param' and parsed['body_model'] == b'smplx_f'
+    np.testing.assert_array_equal(parsed['pose'], np.linspace(-1, 1, 165).astype(np.float32))
+    np.testing.assert_array_equal(parsed['shape'], (np.arange(20) / 10).astype(np.float32))
+    np.testing.assert_array_equal(parsed['expression'], np.full(10, 0.3, np.float32))
+    np.testing.assert_array_equal(parsed['trans'], [0.5, -1.25, 3.0])
+    assert parsed['kid_factor'] == np.float32(0.75) and parsed['scale'] == np.float32(1.1)
+    assert parsed['is_shape_valid'] == 0 and parsed['is_shape_valid'].dtype == np.int32
+    for name in ('pose', 'shape', 'expression', 'trans', 'kid_factor', 'scale'):
+        assert parsed[name].dtype == np.float32
+    # Optional parameters get their defaults; a non-param example stores none.
+    minimal = _param_example(expression=(), kid_factor=0, scale=1, is_shape_valid=True,
+                             body_model='smplh_m', pose=np.zeros(156), shape=np.ones(10))
+    parsed = tfrecord.parse_example(tf.constant(
+        tfrecord.serialize_example(minimal, b'j', 48, 64)))
+    assert parsed['body_model'].numpy() == b'smplh_m' and parsed['pose'].shape == (156,)
+    assert parsed['expression'].shape == (0,) and parsed['is_shape_valid'].numpy() == 1
+    parsed = tfrecord.parse_example(tf.constant(
+        tfrecord.serialize_example(_full_example(), b'j', 48, 64)))
+    assert parsed['body_model'].numpy() == b'' and parsed['pose'].shape == (0,)
+    assert parsed['scale'].numpy() == 1.0
+
+
+def test_bad_body_params_are_refused_when_serialising():
+    example = _param_example()
+    example.body_params = dict(example.body_params, body_model='smplx_q')
+    with pytest.raises(DatasetError, match='body_params.body_model'):
+        tfrecord.serialize_example(example, b'j', 48, 64)
+
+
+def test_records_without_the_param_fields_still_parse():
+    # A record as written before the parametric fields existed: drop them from the proto.
+    proto = tf.train.Example.FromString(
+        tfrecord.serialize_example(_full_example(), b'j', 48, 64))
+    for name in ('body_model', 'pose', 'shape', 'expression', 'trans', 'kid_factor', 'scale',
+                 'is_shape_valid'):
+        del proto.features.feature[name]
+    parsed = tfrecord.parse_example(tf.constant(proto.SerializeToString()))
+    assert parsed['body_model'].numpy() == b''
+    assert parsed['pose'].shape == (0,) and parsed['shape'].shape == (0,)
+    assert parsed['expression'].shape == (0,)
+    np.testing.assert_array_equal(parsed['trans'], [0, 0, 0])
+    assert parsed['kid_factor'].numpy() == 0 and parsed['scale'].numpy() == 1
+    assert parsed['is_shape_valid'].numpy() == 1
+    np.testing.assert_array_equal(parsed['joints2d'], _full_example().joints2d)

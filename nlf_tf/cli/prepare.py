@@ -14,7 +14,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app, flags  # noqa: E402
 
-DATASETS = ('coco', 'coco_wholebody', 'densepose_coco', 'mads')
+DATASETS = ('coco', 'coco_wholebody', 'densepose_coco', 'mads', 'agora', 'behave')
+PARAMETRIC = ('agora', 'behave')
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum('dataset', None, DATASETS, 'Dataset to prepare.')
@@ -29,6 +30,12 @@ flags.DEFINE_boolean('prepare_crop', True,
 flags.DEFINE_string('smpl_model', None,
                     'Path to the SMPL model file (needed for densepose_coco: canonical positions '
                     'of the DensePose points).')
+flags.DEFINE_string('body_model_dir', None,
+                    'Folder of the body-model files (smpl/, smplh/, smplx/; see the README); '
+                    'needed for agora and behave.')
+flags.DEFINE_string('detections', None,
+                    'Optional person detections of agora / behave (see the README); a detection '
+                    'matching a ground-truth box replaces it, as PosePile did.')
 flags.DEFINE_integer('limit', None, 'Stop after this many kept examples (for trying out).',
                      lower_bound=1)
 flags.DEFINE_integer('progress_every', 1000, 'Print progress every this many examples.',
@@ -66,6 +73,23 @@ def main(argv):
     elif FLAGS.smpl_model is not None:
         print(f'nlf-tf-prepare: note: --smpl_model is not used by {FLAGS.dataset}',
               file=sys.stderr)
+
+    if FLAGS.dataset in PARAMETRIC:
+        if FLAGS.body_model_dir is None:
+            return _error(f'--body_model_dir: {FLAGS.dataset} needs the folder of the body-model '
+                          f'files (see the README, "Body-model files")')
+        if not os.path.isdir(FLAGS.body_model_dir):
+            return _error(f'--body_model_dir: folder {FLAGS.body_model_dir!r} does not exist')
+        options['body_model_dir'] = FLAGS.body_model_dir
+        if FLAGS.detections is not None:
+            if not os.path.isfile(FLAGS.detections):
+                return _error(f'--detections: file {FLAGS.detections!r} does not exist')
+            options['detections'] = FLAGS.detections
+    else:
+        for name in ('body_model_dir', 'detections'):
+            if FLAGS[name].value is not None:
+                print(f'nlf-tf-prepare: note: --{name} is not used by {FLAGS.dataset}',
+                      file=sys.stderr)
 
     from nlf_tf.data import prepare  # late: --help stays fast
     from nlf_tf.data.example import DatasetError

@@ -43,6 +43,14 @@ Example layout (P = num_points slots, the trainer's format, see the micro-batch 
 Filler points are uniform in `filler_box` (canonical metres) with point_id -1 and invalid.
 Coordinates are 0 where invalid; canonical_points are 0 at joint slots (the trainer takes those
 from its table).
+- param (body-model ground truth, spec §7.2; the trainer computes coords3d_true from the
+  parameters, see `make_param_example` for the keys): P points sampled in the canonical space of
+  the record's body-model family (`nlf_tf.data.param_sampling`: surface, interior, joints),
+  point_ids all -1, the parameters re-expressed in the crop camera. Param examples are never
+  flipped; partial-visibility crops only for datasets whose spec has "single_person": true
+  (default False for param). A record whose body_model is unknown or has no canonical assets,
+  whose pose length does not match the family, or whose parameters are not finite is bad
+  (dropped and counted like the others).
 """
 
 import os
@@ -52,9 +60,11 @@ import tensorflow as tf
 from absl import logging
 
 from nlf_tf import data_sources
+from nlf_tf.body_models import kinds
 from nlf_tf.data import augmentation
 from nlf_tf.data import backgrounds
 from nlf_tf.data import occluders
+from nlf_tf.data import param_sampling
 from nlf_tf.data import tfrecord
 
 CATEGORIES = ('param', 'kp3d', 'dense', 'kp2d')
@@ -88,7 +98,8 @@ class DatasetTable:
     mirror int32 [J]: index of each joint's mirror partner (itself for centre joints), from the
       spec's `mirror_pairs` (`nlf_tf.joint_table.spec_mirror_indices`);
     is_root bool [J]: the joint's name starts with 'pelv';
-    single_person: partial-visibility crops allowed (spec "single_person", default True);
+    single_person: partial-visibility crops allowed (spec "single_person", default True; False
+      for param datasets, whose loader in NLF applies it only to a list of single-person sets);
     drop_negative: 2D joints with a negative coordinate are invalid (spec "loader_drop_negative",
       default: True for kp2d, False otherwise, as in NLF's loaders).
     """
@@ -99,6 +110,20 @@ class DatasetTable:
         self.name = name
         spec = dict(spec)
         spec.setdefault('name', name)
+        # Background replacement probability 0.2 instead of --background_aug_prob (spec §9.1).
+        self.realistic_background = bool(spec.get('realistic_background', False))
+        if category == 'param':
+            # Body-model datasets supervise sampled canonical points, not table joints.
+            self.rows = np.zeros(0, np.int32)
+            self.mirror = np.zeros(0, np.int32)
+            self.is_root = np.zeros(0, bool)
+            self.single_person = bool(spec.get('single_person', False))
+            self.drop_negative = False
+            body_model = spec.get('body_model')
+            self.body_model_family = (body_model.get('type') if isinstance(body_model, dict)
+                                      else None)
+            return
+        self.body_model_family = None
         names = spec.get('joint_names')
         if not isinstance(names, list) or not names:
             raise ValueError(f'data spec {name!r}: field "joint_names" must be a non-empty list')
@@ -123,8 +148,6 @@ class DatasetTable:
         self.single_person = bool(spec.get('single_person', True))
         drop = spec.get('loader_drop_negative')
         self.drop_negative = (category == 'kp2d') if drop is None else bool(drop)
-        # Background replacement probability 0.2 instead of --background_aug_prob (spec §9.1).
-        self.realistic_background = bool(spec.get('realistic_background', False))
 
     @property
     def num_joints(self):
@@ -133,7 +156,7 @@ class DatasetTable:
 
 def _stack_tables(tables):
     """Per-category constants [D, J_max] (padded) for in-graph lookup by dataset index."""
-    j_max = max(t.num_joints for t in tables)
+    j_max = max(max(t.num_joints for t in tables), 1)
     rows = np.full((len(tables), j_max), -1, np.int32)
     mirror = np.tile(np.arange(j_max, dtype=np.int32), (len(tables), 1))
     is_root = np.zeros((len(tables), j_max), bool)
@@ -183,22 +206,9 @@ def _first_or_minus_one(flags):
     return tf.where(tf.reduce_any(flags), index, -1)
 
 
-def make_example(record, category, table, geometry, proc_side, num_points, settings,
-                 appearance_key=None, filler_key=None, filler_box=FILLER_BOX,
-                 occluder_bank=None, background_bank=None):
-    """One example in the trainer's dense format from a decoded record (see decode_record).
-
-    table: dict rows / mirror / is_root (1-D tensors, length >= the record's num_joints) and
-    optionally drop_negative (scalar bool; default: category == 'kp2d') of the record's dataset;
-    geometry: draws from augmentation.sample_geometry / identity_geometry;
-    appearance_key None disables appearance augmentation; filler_key None gives zero fillers.
-    occluder_bank / background_bank: tensors of an occluders.OccluderBank /
-    backgrounds.BackgroundBank (None: no object occluders / no background replacement);
-    table['realistic_background'] (scalar bool, default False) selects the background
-    probability.
-    """
-    side, p = int(proc_side), int(num_points)
-    num_joints = record['num_joints']
+def _crop_image(record, category, table, geometry, side, settings, appearance_key,
+                occluder_bank, background_bank):
+    """The augmented crop: (image [S, S, 3], K_c, R_c, stored -> crop homography)."""
     k_s, r_s = record['intrinsics'], record['rotation']
     k_c, r_c = augmentation.crop_camera(
         k_s, r_s, record['world_up'], record['box'], record['has_camera'] > 0, side, geometry)
@@ -217,6 +227,27 @@ def make_example(record, category, table, geometry, proc_side, num_points, setti
                 augmentation.fold_key(appearance_key, 5), prob)
         # --- end: background replacement ---
         image = augmentation.appearance_augment(image, appearance_key, settings, occluder_bank)
+    return image, k_c, r_c, h
+
+
+def make_example(record, category, table, geometry, proc_side, num_points, settings,
+                 appearance_key=None, filler_key=None, filler_box=FILLER_BOX,
+                 occluder_bank=None, background_bank=None):
+    """One example in the trainer's dense format from a decoded record (see decode_record).
+
+    table: dict rows / mirror / is_root (1-D tensors, length >= the record's num_joints) and
+    optionally drop_negative (scalar bool; default: category == 'kp2d') of the record's dataset;
+    geometry: draws from augmentation.sample_geometry / identity_geometry;
+    appearance_key None disables appearance augmentation; filler_key None gives zero fillers.
+    occluder_bank / background_bank: tensors of an occluders.OccluderBank /
+    backgrounds.BackgroundBank (None: no object occluders / no background replacement);
+    table['realistic_background'] (scalar bool, default False) selects the background
+    probability.
+    """
+    side, p = int(proc_side), int(num_points)
+    num_joints = record['num_joints']
+    image, k_c, r_c, h = _crop_image(record, category, table, geometry, side, settings,
+                                     appearance_key, occluder_bank, background_bank)
 
     identity = tf.range(num_joints)
     perm = tf.where(geometry['flip'], table['mirror'][:num_joints], identity)
@@ -294,10 +325,117 @@ def make_example(record, category, table, geometry, proc_side, num_points, setti
     return _set_shapes(out, side, p)
 
 
+class ParamTables:
+    """The canonical assets of the param category, ready for in-graph use.
+
+    assets: {family: ParamAssets}; order: the families in a fixed order (kinds.FAMILIES), the
+    branch order of the per-record family switch; table: `param_sampling.kind_table`.
+    """
+
+    def __init__(self, param_assets):
+        if not isinstance(param_assets, dict) or not param_assets:
+            raise ValueError('param_assets must be a non-empty dict {family: canonical assets} '
+                             '(nlf_tf.body_models.canonical_assets.load_assets)')
+        unknown = set(param_assets) - set(kinds.FAMILIES)
+        if unknown:
+            raise ValueError(f'param_assets: unknown families {sorted(unknown)}; known: '
+                             f'{", ".join(kinds.FAMILIES)}')
+        self.order = [f for f in kinds.FAMILIES if f in param_assets]
+        self.assets = {f: param_sampling.as_param_assets(param_assets[f], f) for f in self.order}
+        self.table = param_sampling.kind_table([self.assets[f] for f in self.order])
+
+    def check_num_points(self, num_points):
+        for assets in self.assets.values():
+            assets.check_num_points(num_points)
+
+
+def _padded(values, size, name):
+    """values [n] zero-padded to [size]; raises (in graph) if n > size."""
+    with tf.control_dependencies([tf.debugging.assert_less_equal(
+            tf.size(values), size, message=f'{name} has too many values')]):
+        values = tf.identity(values)
+    return tf.ensure_shape(tf.pad(values, [[0, size - tf.size(values)]]), [size])
+
+
+def make_param_example(record, table, param_tables, geometry, proc_side, num_points, settings,
+                       appearance_key=None, sample_key=None, occluder_bank=None,
+                       background_bank=None):
+    """One parametric example from a decoded record (see decode_record and the module docs).
+
+    table: as for make_example (only realistic_background is used); param_tables: ParamTables;
+    geometry: as for make_example, its flip is ignored (NLF's parametric loader never flips);
+    sample_key: stateless key of the point sampling (None: a fixed key).
+    Keys (P = num_points, K = param_sampling.K_MAX = 8):
+      image float32 [S, S, 3], intrinsics float32 [3, 3] (crop camera),
+      point_ids int32 [P] (all -1), canonical_points float32 [P, 3] ([surface; interior;
+      joints]), point_validity bool [P] (all True; only the J joint rows if not
+      is_shape_valid), root_index int32 [] (P - J, the pelvis row),
+      body_model int32 [] (index in kinds.KINDS), pose float32 [165] (axis-angle, global
+      orientation in the crop camera, zero-padded), shape float32 [128], expression float32
+      [10] (zero-padded), trans float32 [3] (crop-camera frame, metres), kid_factor float32
+      [], scale float32 [], interp_columns int32 [P, K], interp_weights float32 [P, K] (rows
+      over [vertices; joints] of the family's body model, padded with column 0 / weight 0).
+    Ground truth = scale * (interp rows @ [vertices; joints] of the body model with these
+    parameters), in crop-camera metres. Raises (in graph) for an unknown body_model, a kind
+    without assets, a pose of the wrong length or non-finite / out-of-range parameters.
+    """
+    side, p = int(proc_side), int(num_points)
+    constants = param_tables.table
+    kind = param_sampling.kind_index_of(constants, record['body_model'])
+    safe_kind = tf.maximum(kind, 0)
+    pose, shape, expression = record['pose'], record['shape'], record['expression']
+    trans, kid, scale = record['trans'], record['kid_factor'], record['scale']
+    checks = [
+        tf.debugging.assert_non_negative(kind, message='body_model is not a known kind'),
+        tf.debugging.assert_equal(tf.gather(constants['available'], safe_kind), True,
+                                  message='no canonical assets for this body_model'),
+        tf.debugging.assert_equal(tf.size(pose), tf.gather(constants['pose_size'], safe_kind),
+                                  message='pose length != 3 x the body model\'s joints'),
+        tf.debugging.assert_positive(scale, message='scale must be > 0'),
+    ]
+    for name, value in (('pose', pose), ('shape', shape), ('expression', expression),
+                        ('trans', trans), ('kid_factor', kid), ('scale', scale)):
+        checks.append(tf.debugging.assert_all_finite(value, f'{name} is not finite'))
+    with tf.control_dependencies(checks):
+        kind = tf.identity(kind)
+    pose = _padded(pose, kinds.POSE_SIZE, 'pose')
+    shape = _padded(shape, kinds.SHAPE_SIZE, 'shape')
+    expression = _padded(expression, kinds.EXPRESSION_SIZE, 'expression')
+
+    geometry = dict(geometry, flip=tf.constant(False))
+    # The crop camera keeps the stored optical centre; r_c is its world->camera rotation.
+    image, k_c, r_c, _ = _crop_image(record, 'param', table, geometry, side, settings,
+                                     appearance_key, occluder_bank, background_bank)
+    pelvis = param_sampling.rest_pelvis(constants, kind, shape, expression, kid)
+    pose, trans = param_sampling.camera_frame_params(
+        pose, trans, r_c, record['optical_center'], scale, pelvis)
+
+    if sample_key is None:
+        sample_key = tf.constant([0, 0], tf.int64)
+    branches = [lambda a=param_tables.assets[f]: param_sampling.sample_points(a, sample_key, p)
+                for f in param_tables.order]
+    if len(branches) == 1:
+        points, columns, weights, root = branches[0]()
+    else:
+        points, columns, weights, root = tf.switch_case(
+            tf.gather(constants['family_slot'], kind), branches)
+    is_joint = tf.range(p) >= root
+    validity = tf.logical_or(record['is_shape_valid'] > 0, is_joint)
+    out = dict(image=image, intrinsics=k_c, point_ids=-tf.ones([p], tf.int32),
+               canonical_points=points, point_validity=validity, root_index=root,
+               body_model=kind, pose=pose, shape=shape, expression=expression, trans=trans,
+               kid_factor=kid, scale=scale, interp_columns=columns, interp_weights=weights)
+    return _set_shapes(out, side, p)
+
+
 def _set_shapes(example, side, p):
+    k = param_sampling.K_MAX
     shapes = dict(image=[side, side, 3], intrinsics=[3, 3], point_ids=[p],
                   canonical_points=[p, 3], point_validity=[p], coords3d_true=[p, 3],
-                  root_index=[], coords2d_true=[p, 2])
+                  root_index=[], coords2d_true=[p, 2], body_model=[],
+                  pose=[kinds.POSE_SIZE], shape=[kinds.SHAPE_SIZE],
+                  expression=[kinds.EXPRESSION_SIZE], trans=[3], kid_factor=[], scale=[],
+                  interp_columns=[p, k], interp_weights=[p, k])
     for key, value in example.items():
         value.set_shape(shapes[key])
     return example
@@ -305,14 +443,26 @@ def _set_shapes(example, side, p):
 
 def placeholder_examples(category, count, proc_side, num_points):
     """`count` all-invalid black examples (used only when every record of a step was bad, and
-    with count 0 for empty sub-batches) in the trainer's format."""
+    with count 0 for empty sub-batches) in the trainer's format. Param placeholders have
+    body_model -1 (no kind), zero parameters, scale 1, zero interpolation rows and
+    root_index -1."""
     side, p = int(proc_side), int(num_points)
     centre = (side - 1) / 2.0
     k = tf.constant([[side, 0, centre], [0, side, centre], [0, 0, 1]], tf.float32)
     out = dict(image=tf.zeros([count, side, side, 3]), intrinsics=tf.tile(k[None], [count, 1, 1]),
                point_ids=-tf.ones([count, p], tf.int32), canonical_points=tf.zeros([count, p, 3]),
                point_validity=tf.zeros([count, p], tf.bool))
-    if category in ('param', 'kp3d'):
+    if category == 'param':
+        k = param_sampling.K_MAX
+        out.update(root_index=-tf.ones([count], tf.int32),
+                   body_model=tf.fill([count], tf.constant(kinds.NO_KIND, tf.int32)),
+                   pose=tf.zeros([count, kinds.POSE_SIZE]),
+                   shape=tf.zeros([count, kinds.SHAPE_SIZE]),
+                   expression=tf.zeros([count, kinds.EXPRESSION_SIZE]),
+                   trans=tf.zeros([count, 3]), kid_factor=tf.zeros([count]),
+                   scale=tf.ones([count]), interp_columns=tf.zeros([count, p, k], tf.int32),
+                   interp_weights=tf.zeros([count, p, k]))
+    elif category == 'kp3d':
         out['coords3d_true'] = tf.zeros([count, p, 3])
         out['root_index'] = -tf.ones([count], tf.int32)
     else:
@@ -378,7 +528,8 @@ def _mixed_records(streams, weights, seed, category_index, shard):
 
 
 def _category_steps(category, category_index, records, tables, batch_size, cfg, settings,
-                    filler_box, start_step, parallel_steps, shard, banks=(None, None)):
+                    filler_box, start_step, parallel_steps, shard, banks=(None, None),
+                    param_tables=None):
     side, p = int(cfg.proc_side), int(cfg.num_points)
     constants = _stack_tables(tables)
     base = _base_key(cfg.seed, shard)
@@ -390,12 +541,20 @@ def _category_steps(category, category_index, records, tables, batch_size, cfg, 
         table = {name: constants[name][dataset_index]
                  for name in ('rows', 'mirror', 'is_root', 'drop_negative',
                               'realistic_background')}
+        allow_partial = tf.logical_and(record['has_camera'] > 0,
+                                       constants['single_person'][dataset_index])
+        if category == 'param':
+            geometry = augmentation.sample_geometry(
+                augmentation.fold_key(key, 0), settings, allow_partial)
+            return make_param_example(
+                record, table, param_tables, geometry, side, p, settings,
+                appearance_key=augmentation.fold_key(key, 1),
+                sample_key=augmentation.fold_key(key, 3), occluder_bank=banks[0],
+                background_bank=banks[1])
         with tf.control_dependencies([tf.debugging.assert_equal(
                 record['num_joints'], constants['num_joints'][dataset_index],
                 message='num_joints differs from the dataset spec')]):
             record['num_joints'] = tf.identity(record['num_joints'])
-        allow_partial = tf.logical_and(record['has_camera'] > 0,
-                                       constants['single_person'][dataset_index])
         geometry = augmentation.sample_geometry(
             augmentation.fold_key(key, 0), settings, allow_partial)
         return make_example(record, category, table, geometry, side, p, settings,
@@ -455,7 +614,7 @@ def _check_first_record(files, name, category, source_index):
 def make_training_dataset(cfg, sources, joint_table_names, start_step=0, end_step=None,
                           dataset_specs=None, skip_counter=None, include_skip_counts=False,
                           shuffle_block=256, filler_box=FILLER_BOX, parallel_steps=4,
-                          input_context=None):
+                          input_context=None, param_assets=None):
     """tf.data.Dataset of training micro-batches, element i = step start_step + i.
 
     cfg: config (EasyDict) with seed, proc_side, num_points, the batch sizes and
@@ -478,7 +637,11 @@ def make_training_dataset(cfg, sources, joint_table_names, start_step=0, end_ste
       (per pipeline). Without it the dataset is one pipeline whose auto-shard policy is DATA.
       (FILE auto-sharding cannot work here: the pipeline also has non-file sources such as the
       slot counters and the placeholder datasets, which tf.data refuses to shard by file.)
-    Elements: {'param', 'kp3d', 'dense', 'kp2d'} dicts in the trainer's dense format.
+    param_assets: {family: canonical asset dict (nlf_tf.body_models.canonical_assets.
+      load_assets) or param_sampling.ParamAssets}, needed when the param sub-batch is not empty;
+      every family named by a param dataset's spec ("body_model": {"type": ...}) must be there.
+    Elements: {'param', 'kp3d', 'dense', 'kp2d'} dicts in the trainer's dense format (param:
+      see `make_param_example`).
     """
     from nlf_tf import specs as specs_lib
 
@@ -529,9 +692,6 @@ def make_training_dataset(cfg, sources, joint_table_names, start_step=0, end_ste
         if category not in CATEGORIES:
             raise ValueError(f'sources[{i}] ({name!r}): category must be one of {CATEGORIES}, '
                              f'got {category!r}')
-        if category == 'param':
-            raise ValueError(f'sources[{i}] ({name!r}): parametric (body-model) TFRecords are '
-                             f'not supported by this pipeline; set --batch_size_parametric=0')
         if not weight > 0:
             raise ValueError(f'sources[{i}] ({name!r}): weight must be > 0, got {weight!r}')
         files = [os.fspath(f) for f in ([files] if isinstance(files, (str, os.PathLike))
@@ -548,6 +708,22 @@ def make_training_dataset(cfg, sources, joint_table_names, start_step=0, end_ste
         by_category[category].append(
             (DatasetTable(name, spec, joint_table_names, category), files, float(weight)))
 
+    param_tables = None
+    if sizes['param'] > 0 and by_category['param']:
+        if not param_assets:
+            raise ValueError(
+                'param sources need canonical assets: pass param_assets (see nlf-tf-canonical '
+                'and --body_model_dir) or set --batch_size_parametric=0')
+        param_tables = ParamTables(param_assets)
+        param_tables.check_num_points(p)
+        for table, _, _ in by_category['param']:
+            family = table.body_model_family
+            if family is not None and family not in param_tables.assets:
+                raise ValueError(
+                    f'param dataset {table.name!r} uses {family} body models but param_assets '
+                    f'has only {", ".join(param_tables.order)}; generate the {family} canonical '
+                    f'assets (nlf-tf-canonical --families={family})')
+
     per_category = []
     for ci, category in enumerate(CATEGORIES):
         entries, size = by_category[category], sizes[category]
@@ -563,7 +739,8 @@ def make_training_dataset(cfg, sources, joint_table_names, start_step=0, end_ste
         records = _mixed_records(streams, [w for _, _, w in entries], cfg.seed, ci, shard)
         per_category.append(_category_steps(
             category, ci, records, [t for t, _, _ in entries], size, cfg, settings, filler_box,
-            start_step, parallel_steps, shard, banks=(occluder_bank, background_bank)))
+            start_step, parallel_steps, shard, banks=(occluder_bank, background_bank),
+            param_tables=param_tables))
 
     def combine(*parts):
         batch = {c: part[0] for c, part in zip(CATEGORIES, parts)}

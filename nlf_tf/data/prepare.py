@@ -5,8 +5,9 @@ centre (3D datasets; 2D datasets keep their stand-in camera) and undistorted; a 
 side max(cos30·w + sin30·h, cos30·h + sin30·w)·1.522 around the box (room for ±30° rotation
 augmentation plus margin), intersected with the image, is resampled at scale
 s = min(1.2, 1.5·256 / max(w, h)) in linear light and stored as JPEG. The box (through its side
-midpoints), 2D joints, DensePose points and the mask are mapped into the crop; 3D joints stay in
-world metres and the crop's camera is stored with the example.
+midpoints), 2D joints, DensePose points and the mask are mapped into the crop; 3D joints and the
+body-model parameters of param examples (`Example.body_params`) stay in the world frame and the
+crop's camera is stored with the example.
 
 Output folder layout: `<dataset>-<split>-<i:05d>-of-<n:05d>.tfrecord` shards, `manifest.json`
 (written last; lists shards and counts) and, while the job runs, `progress.json` plus temporary
@@ -272,7 +273,9 @@ def efficient_crop(example, image):
         joints3d=example.joints3d,
         dense_imcoords=_reproject_points(example.dense_imcoords, camera, crop_camera),
         dense_faces=example.dense_faces, dense_barycoords=example.dense_barycoords,
-        mask_rle=mask_rle, dense_canonical=example.dense_canonical)
+        mask_rle=mask_rle, dense_canonical=example.dense_canonical,
+        # World-frame body-model parameters do not depend on the camera: kept as they are.
+        body_params=example.body_params)
     return new, crop
 
 

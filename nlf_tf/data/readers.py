@@ -56,6 +56,8 @@ READERS = _Registry({
     'coco_wholebody': LazyReader('nlf_tf.data.coco', variant='wholebody'),
     'densepose_coco': LazyReader('nlf_tf.data.densepose_coco'),
     'mads': LazyReader('nlf_tf.data.mads'),
+    'agora': LazyReader('nlf_tf.data.agora'),
+    'behave': LazyReader('nlf_tf.data.behave'),
 })
 
 

@@ -6,6 +6,13 @@ the STORED image (the prepared crop): `intrinsics` (row-major 3x3, pixels), `rot
 `joints2d` (stored-image pixels), `joints3d` (WORLD metres, not moved by cropping), NaN marking
 invalid points. Stored images have no lens distortion, so a homography maps them to any other
 camera with the same optical centre.
+
+Parametric examples (category 'param') also carry their body-model parameters in the WORLD frame
+(the crop only changes the camera): `body_model` (kind string such as 'smplx_n', '' = none),
+`pose` (3 J axis-angle), `shape`, `expression` (variable length), `trans` [3], `kid_factor`,
+`scale`, `is_shape_valid` (see `nlf_tf.data.example.validate_body_params`). These fields were
+added later with defaults (`FIELD_DEFAULTS`; variable-length ones parse as empty), so shards
+written before them still parse and the schema version stayed 1 (the change is additive).
 """
 
 import os
@@ -40,6 +47,23 @@ SCHEMA = {
     'mask_rle_counts': ('fixed', tf.string, []),
     'mask_height': ('fixed', tf.int64, []),
     'mask_width': ('fixed', tf.int64, []),
+    'body_model': ('fixed', tf.string, []),
+    'pose': ('var', tf.float32, [-1]),
+    'shape': ('var', tf.float32, [-1]),
+    'expression': ('var', tf.float32, [-1]),
+    'trans': ('fixed', tf.float32, [3]),
+    'kid_factor': ('fixed', tf.float32, []),
+    'scale': ('fixed', tf.float32, []),
+    'is_shape_valid': ('fixed', tf.int64, []),
+}
+
+# Values of fixed-size fields absent from a record (records written before these fields).
+FIELD_DEFAULTS = {
+    'body_model': b'',
+    'trans': [0.0, 0.0, 0.0],
+    'kid_factor': 0.0,
+    'scale': 1.0,
+    'is_shape_valid': 1,
 }
 
 # Categories whose examples carry a real 3D camera (the 2D datasets use a from_fov stand-in).
@@ -50,7 +74,8 @@ def _feature_spec():
     spec = {}
     for name, (kind, dtype, shape) in SCHEMA.items():
         if kind == 'fixed':
-            spec[name] = tf.io.FixedLenFeature([int(np.prod(shape))] if shape else [], dtype)
+            spec[name] = tf.io.FixedLenFeature([int(np.prod(shape))] if shape else [], dtype,
+                                               default_value=FIELD_DEFAULTS.get(name))
         else:
             spec[name] = tf.io.VarLenFeature(dtype)
     return spec
@@ -78,7 +103,9 @@ def serialize_example(example, image_jpeg, image_height, image_width, has_camera
 
     `image_jpeg` are the stored image's encoded bytes (JPEG), `image_height`/`image_width` its
     size. The camera must have no distortion (the prepare step removes it). `has_camera`
-    defaults to whether the category has real 3D cameras ('param', 'kp3d').
+    defaults to whether the category has real 3D cameras ('param', 'kp3d'). `body_params`
+    (world frame) are validated and stored; without them the parametric fields get their
+    defaults.
     """
     src = example.source
     intrinsics, rotation, center, world_up, distortion = camera_arrays(example.camera)
@@ -96,6 +123,12 @@ def serialize_example(example, image_jpeg, image_height, image_width, has_camera
             counts = rle.counts_to_string(counts)
         mask_counts = counts.encode('ascii') if isinstance(counts, str) else bytes(counts)
         mask_h, mask_w = (int(v) for v in example.mask_rle['size'])
+    params = dict(body_model='', pose=None, shape=None, expression=None,
+                  trans=FIELD_DEFAULTS['trans'], kid_factor=FIELD_DEFAULTS['kid_factor'],
+                  scale=FIELD_DEFAULTS['scale'], is_shape_valid=True)
+    if example.body_params is not None:
+        from nlf_tf.data.example import validate_body_params
+        params.update(validate_body_params(src, example.body_params))
 
     def floats(x):
         x = np.asarray(x, np.float32).reshape(-1) if x is not None else np.zeros(0, np.float32)
@@ -132,6 +165,14 @@ def serialize_example(example, image_jpeg, image_height, image_width, has_camera
         'mask_rle_counts': text(mask_counts),
         'mask_height': ints([mask_h]),
         'mask_width': ints([mask_w]),
+        'body_model': text(params['body_model']),
+        'pose': floats(params['pose']),
+        'shape': floats(params['shape']),
+        'expression': floats(params['expression']),
+        'trans': floats(params['trans']),
+        'kid_factor': floats([params['kid_factor']]),
+        'scale': floats([params['scale']]),
+        'is_shape_valid': ints([int(bool(params['is_shape_valid']))]),
     }
     assert set(features) == set(SCHEMA)
     proto = tf.train.Example(features=tf.train.Features(feature=features))
@@ -143,7 +184,7 @@ def parse_example(serialized):
 
     Strings stay tf.string (`image_jpeg` is the encoded image: the pipeline decodes it), integer
     fields are int32, float fields float32, with the shapes of `SCHEMA` (variable-length fields
-    are [N, 2] or [N, 3], N possibly 0).
+    are [N], [N, 2] or [N, 3], N possibly 0; absent fixed-size fields get FIELD_DEFAULTS).
     """
     parsed = tf.io.parse_single_example(serialized, FEATURE_SPEC)
     result = {}
