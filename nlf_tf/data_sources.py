@@ -99,7 +99,8 @@ def prepared_sources(dirs, weights_text=None):
     return sources
 
 
-def parametric_setup(cfg, sources, body_model_dir=None, canonical_dir=None, log=print):
+def parametric_setup(cfg, sources, body_model_dir=None, canonical_dir=None, num_interior=None,
+                     log=print):
     """({family: canonical assets}, body-model kinds) needed by the param sources.
 
     The canonical-space assets of each body-model family the param datasets use (data spec
@@ -127,7 +128,8 @@ def parametric_setup(cfg, sources, body_model_dir=None, canonical_dir=None, log=
     from nlf_tf.body_models import canonical_assets
     try:
         paths = canonical_assets.ensure_assets(
-            body_model_dir, canonical_dir or cfg.get('canonical_dir'), families, log=log)
+            body_model_dir, canonical_dir or cfg.get('canonical_dir'), families,
+            num_interior=num_interior, log=log)
         assets = {f: canonical_assets.load_assets(paths[f], f) for f in families}
     except (ValueError, OSError) as e:
         raise DataConfigError(f'--body_model_dir={body_model_dir}: {e}') from e

@@ -1,4 +1,5 @@
-"""Tiny synthetic COCO, COCO-WholeBody, DensePose-COCO and MADS folders in their native layouts.
+"""Tiny synthetic COCO, COCO-WholeBody, DensePose-COCO, MADS, AGORA and BEHAVE folders in their
+native layouts.
 
 The people are the procedural demo people (`nlf_tf.demo_data`: random poses of the demo skeleton,
 rendered as coloured capsules), so a model can learn from the files, and the files are written
@@ -12,6 +13,13 @@ exactly as the real datasets ship them, so the real readers (`nlf_tf.data.reader
     <out_root>/mads/multi_view_data/Jazz/Jazz_S1_C{0,1,2}.avi (Motion JPEG), Jazz_S1_GT.mat,
         Calib_Cam{0,1,2}.mat
     <out_root>/body_models/smpl_synthetic.npz   (SMPL file layout, 24-joint tree, coarse mesh)
+    <out_root>/body_models/{smpl,smplh,smplx}/...  (humanoid SMPL/SMPL+H/SMPL-X files in the
+        official layouts, `nlf_tf.body_models.synthetic`), body_models/canonical_assets/ (made
+        on first training use)
+    <out_root>/agora/...   (`nlf_tf.data.synthetic_agora`: DataFrame pickles, SMPL-X fits in scan
+        frames, label-colour masks, 384 x 216 PNG renders)
+    <out_root>/behave/...  (`nlf_tf.data.synthetic_behave`: split.json, Kinect calibrations with
+        8-coefficient distortion, SMPL+H fits, 256 x 192 frames and person masks)
     <out_root>/synthetic.json                   (settings; written last, marks completion)
 
 Keypoints the demo skeleton lacks (COCO eyes/ears/nose, WholeBody face/hands/feet, MADS toes and
@@ -59,6 +67,11 @@ from nlf_tf import demo_data
 from nlf_tf import specs
 
 DATASETS = ('coco', 'coco_wholebody', 'densepose_coco', 'mads')
+PARAM_DATASETS = ('agora', 'behave')
+ALL_DATASETS = DATASETS + PARAM_DATASETS
+# Interior points per body-model family for the synthetic models (their bodies are small and
+# simple; the default of nlf-tf-canonical is 200k).
+SYNTHETIC_NUM_INTERIOR = 20000
 DEFAULT_NUM_IMAGES = 48
 DEFAULT_IMAGE_SIDE = 320
 MADS_FRAME_SHAPE = (240, 320)  # H, W
@@ -67,7 +80,7 @@ MADS_ACTION, MADS_SEQUENCE = 'Jazz', 'S1'
 MADS_FPS = 15
 JPEG_QUALITY = 95
 SETTINGS_FILE = 'synthetic.json'
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAX_DP_POINTS = 80
 
 RING_FRACTIONS = (0.0, 1 / 3, 2 / 3, 1.0)
@@ -751,7 +764,17 @@ def write_mads(root, rng, num_frames, frame_shape=MADS_FRAME_SHAPE):
 
 def _settings(seed, num_images, image_side, mads_frames):
     return dict(format_version=FORMAT_VERSION, seed=int(seed), num_images=int(num_images),
-                image_side=int(image_side), mads_frames=int(mads_frames))
+                image_side=int(image_side), mads_frames=int(mads_frames),
+                agora_images=_agora_images(num_images),
+                behave_frames=_behave_frames(num_images))
+
+
+def _agora_images(num_images):
+    return max(2, int(num_images) // 3)  # 2-3 people each
+
+
+def _behave_frames(num_images):
+    return max(3, int(num_images) // 6)  # x 4 Kinects x 2 training sequences
 
 
 def folders_of(out_root):
@@ -761,12 +784,15 @@ def folders_of(out_root):
         coco_wholebody=os.path.join(out_root, 'coco_wholebody'),
         densepose_coco=os.path.join(out_root, 'densepose_coco'),
         mads=os.path.join(out_root, 'mads'),
+        agora=os.path.join(out_root, 'agora'),
+        behave=os.path.join(out_root, 'behave'),
+        body_models=os.path.join(out_root, 'body_models'),
         smpl_model=os.path.join(out_root, 'body_models', 'smpl_synthetic.npz'))
 
 
 def write_synthetic_datasets(out_root, seed=0, num_images=DEFAULT_NUM_IMAGES,
                              image_side=DEFAULT_IMAGE_SIDE, mads_frames=None, log=None):
-    """Writes the four synthetic dataset folders and the body model under `out_root`.
+    """Writes the six synthetic dataset folders and the body models under `out_root`.
 
     num_images: images per 2D dataset (one person each); image_side: their (square) size in
       pixels (>= 256 so that people pass COCO's 200 px keypoint-box filter);
@@ -804,12 +830,21 @@ def write_synthetic_datasets(out_root, seed=0, num_images=DEFAULT_NUM_IMAGES,
     write_mads(paths['mads'], np.random.default_rng([seed, 4]), mads_frames)
     os.makedirs(os.path.dirname(paths['smpl_model']), exist_ok=True)
     np.savez(paths['smpl_model'], **build_smpl_model())
+    from nlf_tf.body_models import synthetic as synthetic_body_models
+    from nlf_tf.data import synthetic_agora, synthetic_behave
+    synthetic_body_models.write_synthetic_body_models(paths['body_models'], seed=seed)
+    synthetic_agora.write_agora(paths['agora'], int(seed) + 5, paths['body_models'],
+                                num_images=settings['agora_images'])
+    synthetic_behave.write_behave(paths['behave'], np.random.default_rng([seed, 6]),
+                                  paths['body_models'],
+                                  frames_per_sequence=settings['behave_frames'])
     _write_json(os.path.join(tmp, SETTINGS_FILE), settings)
     if os.path.isdir(out_root):
         os.rmdir(out_root)  # empty (checked above)
     os.replace(tmp, out_root)
     if log:
-        log(f'Wrote synthetic COCO, COCO-WholeBody, DensePose-COCO and MADS to {out_root}')
+        log(f'Wrote synthetic COCO, COCO-WholeBody, DensePose-COCO, MADS, AGORA and BEHAVE '
+            f'to {out_root}')
     return folders_of(out_root)
 
 
@@ -818,9 +853,11 @@ def reader_calls(folders):
     from nlf_tf.data import readers
 
     options = dict(coco=dict(year=2014), coco_wholebody={},
-                   densepose_coco=dict(smpl_model=folders['smpl_model']), mads={})
+                   densepose_coco=dict(smpl_model=folders['smpl_model']), mads={},
+                   agora=dict(body_model_dir=folders['body_models']),
+                   behave=dict(body_model_dir=folders['body_models']))
     return {name: (lambda name=name: readers.get_reader(name)(
-        folders[name], split='train', **options[name])) for name in DATASETS}
+        folders[name], split='train', **options[name])) for name in ALL_DATASETS}
 
 
 def prepare_synthetic(out_root, prepared_root, seed=0, num_images=DEFAULT_NUM_IMAGES,
@@ -848,44 +885,15 @@ def prepare_synthetic(out_root, prepared_root, seed=0, num_images=DEFAULT_NUM_IM
 # Training data for --data=synthetic
 # ----------------------------------------------------------------------------------------
 
-def param_dataset(proc_side, num_points, batch_size, seed, pool_size, start_step=0,
-                  num_steps=None):
-    """Demo 'param' sub-batches (dense trainer format), one element per step.
-
-    Same scheme as `demo_data.make_demo_dataset` but generating only the param pool: step i
-    draws `batch_size` pool examples without replacement by a stateless draw from (seed, i).
-    """
-    import tensorflow as tf
-
-    pool = demo_data.generate_examples('param', pool_size, proc_side, num_points, seed,
-                                       image_dtype='uint8')
-    pool = {k: tf.constant(v) for k, v in pool.items()}
-    category_index = demo_data.CATEGORIES.index('param')
-
-    def make_step(step):
-        key = tf.random.experimental.stateless_fold_in(
-            tf.constant([seed, category_index], tf.int64), step, alg='philox')
-        scores = tf.random.stateless_uniform([pool_size], seed=key, alg='philox')
-        indices = tf.argsort(scores, stable=True)[:batch_size]
-        examples = {k: tf.gather(v, indices) for k, v in pool.items()}
-        examples['image'] = tf.cast(examples['image'], tf.float32) / 255.0
-        return examples
-
-    end = np.iinfo(np.int64).max if num_steps is None else int(num_steps)
-    return tf.data.Dataset.range(int(start_step), end).map(
-        make_step, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-
 def build_synthetic_data(cfg, start_step, end_step, log=print):
     """`data_sources.TrainingData` of --data=synthetic for the micro-steps start..end-1.
 
     Writes (if absent) the synthetic native folders under <logdir>/synthetic_data, prepares them
-    under <logdir>/synthetic_prepared and reads kp3d (MADS), dense (DensePose-COCO) and kp2d
-    (COCO + COCO-WholeBody) from them exactly like --data=prepared. The param category has no
-    prepared source yet, so its sub-batches come from the procedural demo generator (demo
-    skeleton, canonical points only: point_ids -1, so it needs no joint-table rows).
+    under <logdir>/synthetic_prepared and reads all four categories from them exactly like
+    --data=prepared: param from AGORA and BEHAVE (with the synthetic body models of
+    <logdir>/synthetic_data/body_models, whose canonical assets are generated on first use),
+    kp3d from MADS, dense from DensePose-COCO, kp2d from COCO + COCO-WholeBody.
     """
-    import easydict
     import tensorflow as tf
 
     from nlf_tf import data_sources
@@ -900,28 +908,20 @@ def build_synthetic_data(cfg, start_step, end_step, log=print):
     prepared = prepare_synthetic(
         root, os.path.join(cfg.logdir, 'synthetic_prepared'), seed=cfg.seed,
         num_images=cfg.get('synthetic_num_images') or DEFAULT_NUM_IMAGES, log=summary_only)
-    sizes = data_sources.micro_batch_sizes(cfg)
     sources = data_sources.prepared_sources(
-        [prepared[name] for name in DATASETS], cfg.dataset_weights)
+        [prepared[name] for name in ALL_DATASETS], cfg.dataset_weights)
     names = sorted({dataset for dataset, category, _, _ in sources if category != 'param'})
     joint_names, canonical_init = joint_table.build_joint_table(names)
+    body_model_dir = folders_of(root)['body_models']
+    param_assets, kinds = data_sources.parametric_setup(
+        cfg, sources, body_model_dir=body_model_dir, num_interior=SYNTHETIC_NUM_INTERIOR,
+        log=log)
     skip_counter = tf.Variable(tf.zeros([4], tf.int64), trainable=False, name='skipped_records')
-    no_param = easydict.EasyDict(dict(cfg))
-    no_param.batch_size_parametric = 0
     try:
         dataset = pipeline.make_training_dataset(
-            no_param, sources, joint_names, start_step=start_step, end_step=end_step,
-            skip_counter=skip_counter)
+            cfg, sources, joint_names, start_step=start_step, end_step=end_step,
+            skip_counter=skip_counter, param_assets=param_assets or None)
     except ValueError as e:
         raise data_sources.DataConfigError(str(e)) from e
-    if sizes['param'] > 0:
-        params = param_dataset(cfg.proc_side, cfg.num_points, sizes['param'], cfg.seed,
-                               cfg.demo_pool_size, start_step, end_step)
-
-        def combine(batch, param):
-            return dict(param=param, kp3d=batch['kp3d'], dense=batch['dense'],
-                        kp2d=batch['kp2d'])
-
-        dataset = tf.data.Dataset.zip((dataset, params)).map(combine).prefetch(
-            tf.data.AUTOTUNE)
-    return data_sources.TrainingData(joint_names, canonical_init, dataset, skip_counter)
+    return data_sources.TrainingData(joint_names, canonical_init, dataset, skip_counter, kinds,
+                                     body_model_dir)
