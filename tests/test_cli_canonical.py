@@ -72,3 +72,17 @@ def test_cli_errors_exit_2(body_model_dir, tmp_path):
     assert code == 2 and 'SMPLX_NEUTRAL.npz' in errors[0] and '<file>' in errors[0]
     with pytest.raises(flags.IllegalFlagValueError):
         run_cli(f'--body_model_dir={body_model_dir}', '--num_interior=0')
+
+
+def test_main_parses_its_own_flags_next_to_the_other_entry_points(body_model_dir, tmp_path,
+                                                                 capsys):
+    # The training and prepare entry points define body_model_dir / seed / canonical_dir too;
+    # the tool keeps its flags apart, so all can live in one process.
+    from nlf_tf.cli import prepare, train  # noqa: F401
+    out = str(tmp_path / 'assets')
+    assert cli.main(['nlf-tf-canonical', f'--body_model_dir={body_model_dir}',
+                     f'--canonical_dir={out}', '--families=smplh', '--num_interior=300']) == 0
+    assert os.listdir(out) == ['canonical_smplh.npz']
+    assert cli.main(['nlf-tf-canonical', '--num_interior=-1']) == 2
+    assert 'num_interior' in capsys.readouterr().err
+    assert cli.main(['nlf-tf-canonical', '--help']) == 0

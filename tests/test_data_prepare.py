@@ -475,3 +475,19 @@ def test_cli_passes_smpl_model_to_densepose(cli, tmp_path):
                f'--smpl_model={model}')
     assert code == 2
     assert cli.calls[0][2] == {'smpl_model': str(model)}
+
+
+@pytest.mark.parametrize('dataset', ['agora', 'behave'])
+def test_cli_parametric_datasets_need_and_get_the_body_model_dir(cli, tmp_path, capsys, dataset):
+    code = cli(f'--dataset={dataset}', f'--root={tmp_path}', f'--out={tmp_path / "o"}')
+    assert code == 2
+    assert '--body_model_dir' in capsys.readouterr().err
+    models = tmp_path / 'body_models'
+    models.mkdir()
+    detections = tmp_path / 'detections.json'
+    detections.write_text('{}')
+    # the fake reader yields 'coco' examples, so the job stops with a clear dataset mismatch
+    code = cli(f'--dataset={dataset}', f'--root={tmp_path}', f'--out={tmp_path / "o"}',
+               f'--body_model_dir={models}', f'--detections={detections}')
+    assert code == 2
+    assert cli.calls[-1][2] == {'body_model_dir': str(models), 'detections': str(detections)}

@@ -14,7 +14,7 @@ import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 
 def define_flags(flag_values):
@@ -41,7 +41,9 @@ def define_flags(flag_values):
     return flag_values
 
 
-FLAGS = define_flags(flags.FLAGS)
+# A FlagValues of its own: its flag names (body_model_dir, seed, ...) are also flags of the
+# other entry points, which may be imported into the same process (e.g. by tests).
+FLAGS = define_flags(flags.FlagValues())
 
 
 def canonical_main(flag_values, print_fn=print, error_fn=None):
@@ -84,13 +86,25 @@ def canonical_main(flag_values, print_fn=print, error_fn=None):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f'Unexpected positional arguments: {argv[1:]}')
+    """Parses `argv` (program name first) into FLAGS and runs; returns the exit code."""
+    if any(arg in ('-h', '--help', '--helpfull', '-?') for arg in argv[1:]):
+        print(__doc__)
+        print(FLAGS.get_help())
+        return 0
+    try:
+        rest = FLAGS(list(argv))
+    except flags.Error as e:
+        print(f'nlf-tf-canonical: error: {e}\nPass --help for usage.', file=sys.stderr)
+        return 2
+    if len(rest) > 1:
+        print(f'nlf-tf-canonical: error: unexpected positional arguments: {rest[1:]}',
+              file=sys.stderr)
+        return 2
     return canonical_main(FLAGS, print_fn=lambda line: print(line, flush=True))
 
 
 def run():
-    app.run(main)
+    sys.exit(main(sys.argv))
 
 
 if __name__ == '__main__':
