@@ -32,12 +32,12 @@ and, only if the file has them (SMPL-X and SMPL+H files), the optional entries
                                    stored hand pose plus this mean
 """
 
-import io
 import os
-import pickle
 
 import numpy as np
 import scipy.sparse
+
+from nlf_tf import safe_pickle
 
 REQUIRED_KEYS = ('v_template', 'shapedirs', 'posedirs', 'J_regressor', 'weights',
                  'kintree_table', 'f')
@@ -130,21 +130,18 @@ class _SparseStandIn:
         self.state = state
 
 
-_SAFE_BUILTINS = {'object', 'set', 'frozenset', 'list', 'dict', 'tuple', 'slice', 'complex',
-                  'bytearray', 'bytes', 'str', 'int', 'float', 'bool', 'long', 'unicode'}
-_SAFE_NUMPY = {'_reconstruct', 'ndarray', 'dtype', 'scalar', '_frombuffer'}
 _SPARSE_FORMATS = {'csc_matrix': 'csc', 'csr_matrix': 'csr', 'coo_matrix': 'coo',
                    'csc_array': 'csc', 'csr_array': 'csr', 'coo_array': 'coo'}
 
 
-class _ModelUnpickler(pickle.Unpickler):
-    def __init__(self, file, path):
-        # latin1: the official files are Python 2 pickles holding numpy byte buffers.
-        super().__init__(file, encoding='latin1')
-        self._path = path
+class _ModelUnpickler(safe_pickle.SafeUnpickler):
+    """The numpy-only unpickler plus stand-ins for chumpy and scipy-sparse classes."""
+
+    def __init__(self, file, **kwargs):
+        super().__init__(file, **kwargs)
         self._standins = {}
 
-    def find_class(self, module, name):
+    def extra_global(self, module, name):
         if module == 'chumpy' or module.startswith('chumpy.'):
             key = ('chumpy', name)
             if key not in self._standins:
@@ -157,33 +154,16 @@ class _ModelUnpickler(pickle.Unpickler):
                 self._standins[key] = type(f'Sparse{name}', (_SparseStandIn,),
                                            {'sparse_format': _SPARSE_FORMATS[name]})
             return self._standins[key]
-        if module in ('copy_reg', 'copyreg') and name == '_reconstructor':
-            return super().find_class('copyreg', name)
-        if module in ('__builtin__', 'builtins') and name in _SAFE_BUILTINS:
-            name = {'long': 'int', 'unicode': 'str'}.get(name, name)
-            return super().find_class('builtins', name)
-        if module == '_codecs' and name == 'encode':
-            return super().find_class(module, name)
-        if module == 'numpy' or module.startswith('numpy.'):
-            if module.startswith('numpy.core') and hasattr(np, '_core'):
-                # numpy >= 2 moved numpy.core to numpy._core (the old path only warns).
-                module = 'numpy._core' + module[len('numpy.core'):]
-            if name in _SAFE_NUMPY or module == 'numpy.dtypes':
-                return super().find_class(module, name)
-        raise ModelFileError(self._path, '<pickle>',
-                             f'refusing to load the global {module}.{name} from the pickle')
+        return None
 
 
 def _read_pkl(path):
-    with open(path, 'rb') as f:
-        data = f.read()
-    try:
-        obj = _ModelUnpickler(io.BytesIO(data), path).load()
-    except ModelFileError:
-        raise
-    except Exception as e:
-        raise ModelFileError(path, '<file>', f'cannot unpickle: {type(e).__name__}: {e}') \
-            from None
+    # latin1 (the default): the official files are Python 2 pickles holding numpy byte buffers.
+    obj = safe_pickle.load(
+        path, unpickler=_ModelUnpickler,
+        refuse=lambda module, name: ModelFileError(
+            path, '<pickle>', f'refusing to load the global {module}.{name} from the pickle'),
+        error=lambda message: ModelFileError(path, '<file>', message))
     if not isinstance(obj, dict):
         raise ModelFileError(path, '<file>', f'expected a pickled dict, got {type(obj).__name__}')
     raw = {}

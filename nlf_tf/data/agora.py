@@ -47,16 +47,15 @@ body-model files or kid template) raise DatasetError.
 """
 
 import glob
-import io
 import os
-import pickle
 import re
 
 import numpy as np
 
-from nlf_tf import specs
+from nlf_tf import safe_pickle, specs
+from nlf_tf.data import detections as detections_lib
 from nlf_tf.data.coco import box_iou
-from nlf_tf.data.example import DatasetError, Example, Skip, load_json_object
+from nlf_tf.data.example import DatasetError, Example, Skip
 
 DATASET = 'agora'
 FAMILY = 'smplx'
@@ -300,41 +299,9 @@ def read_png_rgb(path):
 # --------------------------------------------------------------------------------------------
 # Pickles (numpy-only unpickler for fits and detections)
 
-_SAFE_BUILTINS = {'dict', 'list', 'tuple', 'set', 'frozenset', 'slice', 'complex', 'bytes',
-                  'bytearray', 'str', 'int', 'float', 'bool'}
-_SAFE_NUMPY = {'_reconstruct', 'ndarray', 'dtype', 'scalar', '_frombuffer'}
-
-
-class _NumpyUnpickler(pickle.Unpickler):
-    """Loads plain containers of numpy arrays; refuses every other global (a pickle from an
-    unknown source could otherwise run code)."""
-
-    def find_class(self, module, name):
-        if module in ('builtins', '__builtin__') and name in _SAFE_BUILTINS:
-            return super().find_class('builtins', name)
-        if module == 'collections' and name == 'OrderedDict':
-            return super().find_class(module, name)
-        if module in ('copyreg', 'copy_reg') and name == '_reconstructor':
-            return super().find_class('copyreg', name)
-        if module == '_codecs' and name == 'encode':
-            return super().find_class(module, name)
-        if module == 'numpy' or module.startswith('numpy.'):
-            if module.startswith('numpy.core') and hasattr(np, '_core'):
-                module = 'numpy._core' + module[len('numpy.core'):]
-            if name in _SAFE_NUMPY or module == 'numpy.dtypes':
-                return super().find_class(module, name)
-        raise pickle.UnpicklingError(f'refusing to load the global {module}.{name} (only numpy '
-                                     f'arrays in plain containers are accepted)')
-
-
 def load_numpy_pickle(path):
     """Unpickles `path` allowing only numpy arrays in plain containers. Raises ValueError."""
-    with open(path, 'rb') as f:
-        data = f.read()
-    try:
-        return _NumpyUnpickler(io.BytesIO(data), encoding='latin1').load()
-    except Exception as e:  # corrupt pickles raise many exception types
-        raise ValueError(f'cannot unpickle: {type(e).__name__}: {e}') from None
+    return safe_pickle.load(path, error=ValueError)
 
 
 class FitError(ValueError):
@@ -789,36 +756,12 @@ class _ModelCache:
 
 
 def _load_detections(detections):
-    if detections is None or isinstance(detections, dict):
-        return detections
-    path = os.fspath(detections)
-    if path.endswith('.json'):
-        return load_json_object(path, missing='detections file not found',
-                                not_object='must map image paths to lists of boxes')
-    if not os.path.isfile(path):
-        raise DatasetError(path, 'file', 'detections file not found')
-    try:
-        data = load_numpy_pickle(path)
-    except ValueError as e:
-        raise DatasetError(path, 'file', str(e)) from None
-    if not isinstance(data, dict):
-        raise DatasetError(path, 'file', f'must map image paths to box arrays, got '
-                                         f'{type(data).__name__}')
-    return data
+    return detections_lib.load_detections(detections, 'must map image paths to lists of boxes',
+                                          pickle_not_object='must map image paths to box arrays')
 
 
 def _detections_for(detections, image_relpath, image_name):
     value = detections.get(image_relpath, detections.get(image_name))
     if value is None:
         return None
-    try:
-        boxes = np.asarray(value, np.float64)
-        if boxes.size == 0:
-            return np.zeros((0, 4), np.float32)
-        boxes = boxes.reshape(len(boxes), -1)[:, :4]
-    except (TypeError, ValueError):
-        boxes = None
-    if boxes is None or boxes.shape[1] != 4 or not np.all(np.isfinite(boxes)):
-        raise DatasetError('<detections>', image_relpath, 'boxes must be [N, 4+] finite numbers '
-                                                          '[x, y, w, h, ...]')
-    return boxes.astype(np.float32)
+    return detections_lib.detection_boxes(value, image_relpath)

@@ -43,15 +43,14 @@ Decisions where PosePile is silent or differs:
     '_').
 """
 
-import io
 import os
-import pickle
 
 import numpy as np
 
-from nlf_tf import specs
+from nlf_tf import safe_pickle, specs
 from nlf_tf.data import rle
 from nlf_tf.data.coco import box_iou, box_of_points, expand_box
+from nlf_tf.data.detections import detection_boxes, load_detections
 from nlf_tf.data.example import DatasetError, Example, Skip, load_json_object
 from nlf_tf.data.pose_sampler import BufferedAdaptivePoseSampler
 
@@ -106,7 +105,7 @@ def iter_examples(root_dir, split='train', body_model_dir=None, detections=None,
     detection_min_iou = threshold(detection_min_iou, 'detection_min_iou')
     mask_threshold = threshold(mask_threshold, 'mask_threshold')
     world_up = tuple((spec.get('camera') or {}).get('world_up', (0, -1, 0)))
-    detections = _load_detections(detections)
+    detections = load_detections(detections, 'must map image paths to lists of boxes')
 
     root_dir = os.path.abspath(root_dir)
     sequence_names = load_split(os.path.join(root_dir, 'split.json'))[split]
@@ -197,7 +196,7 @@ def _example(root_dir, frame_dir, frame_id, k, camera_and_shape, joints, body_pa
         return Skip(example_id, 'no joint in front of the camera', frame_id, 'joints')
     box = joint_box(camera, joints[in_front], box_enlarge)
     if detections is not None and detections.get(example_id):
-        boxes = _detection_boxes(detections[example_id], example_id)
+        boxes = detection_boxes(detections[example_id], example_id)
         ious = [box_iou(box, b) for b in boxes]
         best = int(np.argmax(ious))
         if ious[best] > detection_min_iou:
@@ -389,14 +388,12 @@ def load_fit(path):
     numpy arrays and plain builtins only); DatasetError naming the file and field otherwise."""
     from nlf_tf.body_models import kinds
 
-    with open(path, 'rb') as f:
-        data = f.read()
-    try:
-        fit = _FitUnpickler(io.BytesIO(data), path).load()
-    except DatasetError:
-        raise
-    except Exception as e:
-        raise DatasetError(path, 'file', f'cannot unpickle: {type(e).__name__}: {e}') from None
+    fit = safe_pickle.load(
+        path,
+        refuse=lambda module, name: DatasetError(
+            path, 'file', f'refusing to load the global {module}.{name} from the fit pickle '
+                          f'(only numpy arrays and plain values are allowed)'),
+        error=lambda message: DatasetError(path, 'file', message))
     if not isinstance(fit, dict):
         raise DatasetError(path, 'file', f'expected a pickled dict, got {type(fit).__name__}')
     out = {}
@@ -432,37 +429,6 @@ def read_mask(path):
 # ---------------------------------------------------------------------------------------------
 # Internals
 
-_SAFE_BUILTINS = {'object', 'set', 'frozenset', 'list', 'dict', 'tuple', 'complex', 'bytearray',
-                  'bytes', 'str', 'int', 'float', 'bool', 'long', 'unicode'}
-_SAFE_NUMPY = {'_reconstruct', 'ndarray', 'dtype', 'scalar', '_frombuffer'}
-
-
-class _FitUnpickler(pickle.Unpickler):
-    """Loads only numpy arrays/scalars and plain builtins; anything else is refused, since a
-    pickle can otherwise run arbitrary code."""
-
-    def __init__(self, file, path):
-        super().__init__(file, encoding='latin1')  # Python 2 pickles of numpy arrays
-        self._path = path
-
-    def find_class(self, module, name):
-        if module in ('copy_reg', 'copyreg') and name == '_reconstructor':
-            return super().find_class('copyreg', name)
-        if module in ('__builtin__', 'builtins') and name in _SAFE_BUILTINS:
-            return super().find_class('builtins', {'long': 'int', 'unicode': 'str'}.get(name,
-                                                                                       name))
-        if module == '_codecs' and name == 'encode':
-            return super().find_class(module, name)
-        if module == 'numpy' or module.startswith('numpy.'):
-            if module.startswith('numpy.core') and hasattr(np, '_core'):
-                module = 'numpy._core' + module[len('numpy.core'):]  # numpy >= 2 renamed it
-            if name in _SAFE_NUMPY or module == 'numpy.dtypes':
-                return super().find_class(module, name)
-        raise DatasetError(self._path, 'file',
-                           f'refusing to load the global {module}.{name} from the fit pickle '
-                           f'(only numpy arrays and plain values are allowed)')
-
-
 def _describe(sizes):
     if isinstance(sizes, range):
         return f'{sizes.start} to {sizes.stop - 1}'
@@ -481,20 +447,3 @@ def _numbers(data, key, path, size):
     if not np.all(np.isfinite(value)):
         raise DatasetError(path, key, 'contains non-finite values')
     return value
-
-
-def _load_detections(detections):
-    if detections is None or isinstance(detections, dict):
-        return detections
-    return load_json_object(os.fspath(detections), missing='detections file not found',
-                            not_object='must map image paths to lists of boxes')
-
-
-def _detection_boxes(candidates, example_id):
-    try:
-        boxes = np.asarray([np.asarray(c, np.float64).reshape(-1)[:4] for c in candidates])
-    except (TypeError, ValueError):
-        raise DatasetError('<detections>', example_id, 'boxes must be [x, y, w, h, ...]') from None
-    if boxes.ndim != 2 or boxes.shape[1] != 4 or not np.all(np.isfinite(boxes)):
-        raise DatasetError('<detections>', example_id, 'boxes must be 4+ finite numbers')
-    return boxes.astype(np.float32)

@@ -23,7 +23,8 @@ import numpy as np
 
 from nlf_tf import specs
 from nlf_tf.data.coco import box_iou, box_of_points, expand_box
-from nlf_tf.data.example import DatasetError, Example, Skip, load_json_object
+from nlf_tf.data.detections import detection_boxes, load_detections
+from nlf_tf.data.example import DatasetError, Example, Skip
 from nlf_tf.data.pose_sampler import AdaptivePoseSampler
 from nlf_tf.data.video import as_rgb_frame, read_frames
 
@@ -61,7 +62,7 @@ def iter_examples(root_dir, split='train', video_reader=None, *, detections=None
         box_enlarge = _threshold(thresholds, 'box_enlarge')
     if video_reader is None:
         video_reader = read_frames
-    detections = _load_detections(detections)
+    detections = load_detections(detections, 'must map example ids to lists of boxes')
 
     root_dir = os.path.abspath(root_dir)
     data_dir = os.path.join(root_dir, 'multi_view_data')
@@ -131,7 +132,7 @@ def _iter_video(video_path, video_relpath, camera, poses_mm, gt_path, video_read
         if detections is not None:
             candidates = detections.get(example_id)
             if candidates:
-                boxes = _detection_boxes(candidates, example_id)
+                boxes = detection_boxes(candidates, example_id)
                 box = boxes[int(np.argmax([box_iou(gt_box, b) for b in boxes]))]
         yield Example(
             dataset=DATASET, category='kp3d', example_id=example_id, image_path=None,
@@ -247,20 +248,3 @@ def _threshold(thresholds, key):
     if key not in thresholds:
         raise ValueError(f'data spec {DATASET!r} lacks thresholds.{key}')
     return float(thresholds[key])
-
-
-def _load_detections(detections):
-    if detections is None or isinstance(detections, dict):
-        return detections
-    return load_json_object(os.fspath(detections), missing='detections file not found',
-                            not_object='must map example ids to lists of boxes')
-
-
-def _detection_boxes(candidates, example_id):
-    try:
-        boxes = np.asarray([np.asarray(c, np.float64).reshape(-1)[:4] for c in candidates])
-    except (TypeError, ValueError):
-        raise DatasetError('<detections>', example_id, 'boxes must be [x, y, w, h, ...]') from None
-    if boxes.ndim != 2 or boxes.shape[1] != 4 or not np.all(np.isfinite(boxes)):
-        raise DatasetError('<detections>', example_id, 'boxes must be 4+ finite numbers')
-    return boxes.astype(np.float32)
