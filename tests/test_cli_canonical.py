@@ -76,9 +76,9 @@ def test_cli_errors_exit_2(body_model_dir, tmp_path):
 
 def test_main_parses_its_own_flags_next_to_the_other_entry_points(body_model_dir, tmp_path,
                                                                  capsys):
-    # The training and prepare entry points define body_model_dir / seed / canonical_dir too;
-    # the tool keeps its flags apart, so all can live in one process.
-    from nlf_tf.cli import prepare, train  # noqa: F401
+    # nlf-tf-prepare defines --body_model_dir too; the tool keeps its flags apart, so both can
+    # live in one process.
+    from nlf_tf.cli import prepare  # noqa: F401
     out = str(tmp_path / 'assets')
     assert cli.main(['nlf-tf-canonical', f'--body_model_dir={body_model_dir}',
                      f'--canonical_dir={out}', '--families=smplh', '--num_interior=300']) == 0

@@ -16,6 +16,7 @@ NUM_IMAGES = 12
 MADS_FRAMES = 4
 # Skips a reader may report for synthetic data (per-person, not structural).
 ALLOWED_SKIPS = {'too few visible keypoints'}
+PARAM_ALLOWED_SKIPS = {'pose too similar to a recently kept frame'}
 
 
 @pytest.fixture(scope='module')
@@ -57,7 +58,10 @@ def test_layout_and_idempotence(folders, logdir):
                 'mads/multi_view_data/Jazz/Jazz_S1_C2.avi',
                 'mads/multi_view_data/Jazz/Jazz_S1_GT.mat',
                 'mads/multi_view_data/Jazz/Calib_Cam0.mat',
-                'body_models/smpl_synthetic.npz'):
+                'body_models/smpl_synthetic.npz',
+                'body_models/smplx/SMPLX_NEUTRAL.npz', 'body_models/smplh/SMPLH_FEMALE.pkl',
+                'agora/Cam/train_0.pkl', 'agora/seg_rgbs.txt', 'behave/split.json',
+                'behave/calibs/intrinsics/0/calibration.json'):
         assert os.path.isfile(os.path.join(root, rel)), rel
     mtime = os.path.getmtime(os.path.join(root, synthetic.SETTINGS_FILE))
     assert synthetic.write_synthetic_datasets(root, SEED, NUM_IMAGES,
@@ -68,7 +72,15 @@ def test_layout_and_idempotence(folders, logdir):
 
 
 def test_readers_accept_every_folder(records):
-    for name, (examples, skips) in records.items():
+    assert set(records) == set(synthetic.ALL_DATASETS)
+    for name in synthetic.PARAM_DATASETS:
+        examples, skips = records[name]
+        assert {s.reason for s in skips} <= PARAM_ALLOWED_SKIPS, name
+        assert len(examples) >= 8, name
+        for ex in examples:
+            assert ex.validate().category == 'param' and ex.body_params is not None
+    for name in synthetic.DATASETS:
+        examples, skips = records[name]
         reasons = collections.Counter(s.reason for s in skips)
         assert set(reasons) <= ALLOWED_SKIPS, (name, reasons)
         expected = 3 * MADS_FRAMES if name == 'mads' else NUM_IMAGES
@@ -193,7 +205,7 @@ def test_densepose_points_lie_on_the_bone_rendered_there(records):
 
 def test_synthetic_training_data_end_to_end(folders, logdir):
     cfg = config.default_config(
-        data='synthetic', logdir=logdir, seed=SEED, proc_side=64, num_points=32,
+        data='synthetic', logdir=logdir, seed=SEED, proc_side=64, num_points=96,
         batch_size_parametric=2, batch_size=3, batch_size_densepose=2, batch_size_2d=2,
         demo_pool_size=8)
     cfg.synthetic_num_images = NUM_IMAGES
@@ -201,8 +213,11 @@ def test_synthetic_training_data_end_to_end(folders, logdir):
     if MADS_FRAMES != max(4, NUM_IMAGES // 3):
         pytest.skip('fixture settings differ from the defaults of build_data')
     data = data_sources.build_data(cfg, start_step=0, end_step=2)
-    for name in ('coco', 'coco_wholebody', 'densepose_coco', 'mads'):
+    for name in synthetic.ALL_DATASETS:
         assert os.path.isfile(os.path.join(logdir, 'synthetic_prepared', name, 'manifest.json'))
+    # The param category reads AGORA (SMPL-X) and BEHAVE (SMPL+H) with the synthetic models.
+    assert set(data.body_model_kinds) == {'smplx_f', 'smplx_m', 'smplx_n', 'smplh_f', 'smplh_m'}
+    assert data.body_model_dir == folders['body_models']
     assert data.joint_names[:1] == ['nose_coco'] and 'pelv_mads' in data.joint_names
     assert len(data.joint_names) == len(data.canonical_init) == 133 + 19
     batches = list(data.dataset)
@@ -213,12 +228,14 @@ def test_synthetic_training_data_end_to_end(folders, logdir):
         for category, sub in batch.items():
             b = sizes[category]
             assert sub['image'].shape == (b, 64, 64, 3)
-            assert sub['point_ids'].shape == (b, 32)
-            assert sub['canonical_points'].shape == (b, 32, 3)
-            key = 'coords3d_true' if category in ('param', 'kp3d') else 'coords2d_true'
-            assert sub[key].shape[:2] == (b, 32)
+            assert sub['point_ids'].shape == (b, 96)
+            assert sub['canonical_points'].shape == (b, 96, 3)
+            key = {'param': 'interp_weights', 'kp3d': 'coords3d_true'}.get(
+                category, 'coords2d_true')
+            assert sub[key].shape[:2] == (b, 96)
             assert np.any(sub['point_validity'].numpy())
         assert np.all(batch['param']['point_ids'].numpy() == -1)
+        assert np.all(batch['param']['body_model'].numpy() >= 0)
         ids = batch['kp3d']['point_ids'].numpy()
         assert all(data.joint_names[i].endswith('_mads') for i in ids[ids >= 0])
         ids = batch['kp2d']['point_ids'].numpy()

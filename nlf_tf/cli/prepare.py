@@ -30,9 +30,10 @@ flags.DEFINE_boolean('prepare_crop', True,
 flags.DEFINE_string('smpl_model', None,
                     'Path to the SMPL model file (needed for densepose_coco: canonical positions '
                     'of the DensePose points).')
-flags.DEFINE_string('body_model_dir', None,
-                    'Folder of the body-model files (smpl/, smplh/, smplx/; see the README); '
-                    'needed for agora and behave.')
+if 'body_model_dir' not in FLAGS:  # the training flags (same meaning) may be defined already
+    flags.DEFINE_string('body_model_dir', None,
+                        'Folder of the body-model files (smpl/, smplh/, smplx/; see the '
+                        'README); needed for agora and behave.')
 flags.DEFINE_string('detections', None,
                     'Optional person detections of agora / behave (see the README); a detection '
                     'matching a ground-truth box replaces it, as PosePile did.')
