@@ -282,3 +282,32 @@ def test_cli_errors(tmp_path):
     errors = []
     assert cli.inspect_main(flag_values, print_fn=lambda x: None, error_fn=errors.append) == 2
     assert 'no manifest.json' in errors[0] and '--prepared_dirs' in errors[0]
+
+
+def test_param_crops_get_their_ground_truth_from_the_body_models(tmp_path):
+    from nlf_tf.body_models import synthetic as synthetic_models
+    from nlf_tf.data import readers, synthetic_behave
+
+    models = str(tmp_path / 'body_models')
+    synthetic_models.write_synthetic_body_models(models, families=('smplh',))
+    synthetic_behave.write_behave(str(tmp_path / 'behave'), 0, models, frames_per_sequence=3)
+    out = str(tmp_path / 'prepared_behave')
+    prepare.prepare_dataset(
+        lambda: readers.get_reader('behave')(str(tmp_path / 'behave'), 'train',
+                                             body_model_dir=models),
+        out, 'behave', 'train', num_shards=1, log=lambda *a, **k: None)
+    from nlf_tf.body_models import canonical_assets
+    canonical_assets.ensure_assets(models, families=['smplh'], num_interior=2000,
+                                   log=lambda *a: None)  # small: training keeps it
+    cfg = config.default_config(proc_side=64, num_points=128, batch_size_parametric=4,
+                                body_model_dir=models, seed=2, geom_aug=False)
+    crops, skipped = lib.training_crops(cfg, [out], num_crops=4)
+    assert [c.category for c in crops] == ['param'] * 4 and not skipped.any()
+    for crop in crops:
+        assert crop.is_joint.sum() == 52 and crop.is_joint[-52:].all()
+        assert crop.valid.all()
+        joints = crop.points2d[crop.is_joint]
+        # The body-model joints are computed (finite) and, without geometric augmentation,
+        # lie in the crop (the box is the 1.05x box of the projected joints).
+        assert np.isfinite(joints).all()
+        assert np.mean(np.all((joints >= 0) & (joints <= 63), axis=1)) > 0.95

@@ -181,9 +181,6 @@ def inspection_config(cfg, prepared_dirs, categories=None):
     for category, setting in _BATCH_SIZE_SETTINGS.items():
         if category not in present or (categories is not None and category not in categories):
             cfg[setting] = 0
-        elif category == 'param':
-            raise InspectError('parametric (param) folders cannot be read by the training '
-                               'pipeline')
     sizes = data_sources.micro_batch_sizes(cfg)
     if not any(sizes.values()):
         wanted = sorted(present) if categories is None else sorted(present & set(categories))
@@ -221,9 +218,12 @@ def collect_crops(batches, num_crops):
                 if i >= len(part['image']):
                     continue
                 valid = part['point_validity'][i].astype(bool)
+                is_joint = part['point_ids'][i] >= 0
+                if 'body_model' in part:  # body-model joints are the rows from root_index on
+                    is_joint = np.arange(len(is_joint)) >= part['root_index'][i]
                 crops.append(Crop(category, part['image'][i].astype(np.float32),
                                   _points_2d({k: v[i] for k, v in part.items()}, category),
-                                  part['point_ids'][i] >= 0, valid))
+                                  is_joint, valid))
                 if len(crops) >= num_crops:
                     return crops
     return crops
@@ -249,10 +249,30 @@ def training_crops(cfg, prepared_dirs, num_crops, categories=None, start_step=0,
         data = data_sources.build_data(cfg, int(start_step), int(start_step) + steps)
     except data_sources.DataConfigError as e:
         raise InspectError(str(e)) from e
-    crops = collect_crops(data.dataset, num_crops)
+    crops = collect_crops(_with_param_ground_truth(data), num_crops)
     skipped = (np.zeros([4], np.int64) if data.skip_counter is None
                else np.asarray(data.skip_counter.numpy()))
     return crops, skipped
+
+
+def _with_param_ground_truth(data):
+    """The batches of `data` with the GT points of body-model param sub-batches computed as the
+    trainer does (`nlf_tf.parametric`), so that they can be drawn."""
+    if not data.body_model_kinds:
+        return data.dataset
+    from nlf_tf import parametric, training
+    try:
+        body_models = training.build_body_models(data.body_model_dir, data.body_model_kinds)
+    except training.ConfigError as e:
+        raise InspectError(str(e)) from e
+
+    def add_ground_truth(batch):
+        param = dict(batch['param'])
+        param['coords3d_true'], has_model = parametric.parametric_ground_truth(param, body_models)
+        param['point_validity'] = param['point_validity'] & has_model[:, None]
+        return dict(batch, param=param)
+
+    return (add_ground_truth(batch) for batch in data.dataset)
 
 
 def draw_crop(crop, radius=1):
