@@ -137,9 +137,34 @@ def parametric_setup(cfg, sources, body_model_dir=None, canonical_dir=None, num_
     return assets, kinds
 
 
-def build_data(cfg, start_step, end_step):
+def per_pipeline_view(cfg, start_step, end_step, input_context):
+    """(cfg, start, end) of one input pipeline of `input_context` (a tf.distribute.InputContext
+    of `distribute_datasets_from_function`): the sub-batch sizes become per-replica sizes
+    (global / replicas), and since the pipeline feeds its L local replicas in turn, micro-step s
+    of the run is its elements s L .. s L + L - 1."""
+    import easydict
+    replicas = int(input_context.num_replicas_in_sync)
+    local = replicas // int(input_context.num_input_pipelines)
+    view = easydict.EasyDict(dict(cfg))
+    for _, flag in BATCH_SIZE_FLAGS:
+        if view[flag] % replicas:
+            raise DataConfigError(f'--{flag}={view[flag]} must be a multiple of the '
+                                  f'{replicas} replicas')
+        view[flag] = view[flag] // replicas
+    return view, start_step * local, None if end_step is None else end_step * local
+
+
+def build_data(cfg, start_step, end_step, input_context=None):
     """The `TrainingData` of the micro-steps start_step..end_step-1 (identical elements,
-    whatever the start, to those of an uninterrupted run)."""
+    whatever the start, to those of an uninterrupted run).
+
+    input_context: a tf.distribute.InputContext for `distribute_datasets_from_function`: the
+    data of that input pipeline only (prepared / synthetic data: every n-th file of each source,
+    per-replica batches, see `per_pipeline_view`)."""
+    if input_context is not None:
+        if cfg.data not in ('prepared', 'synthetic'):
+            raise DataConfigError(f'--data={cfg.data} cannot be read per input pipeline')
+        cfg, start_step, end_step = per_pipeline_view(cfg, start_step, end_step, input_context)
     if cfg.data == 'demo':
         from nlf_tf import demo_data
         joint_names, canonical_init = demo_data.demo_joint_table()
@@ -163,16 +188,18 @@ def build_data(cfg, start_step, end_step):
         try:
             dataset = pipeline.make_training_dataset(
                 cfg, sources, joint_names, start_step=start_step, end_step=end_step,
-                skip_counter=skip_counter, param_assets=param_assets or None)
+                skip_counter=skip_counter, param_assets=param_assets or None,
+                input_context=input_context)
         except ValueError as e:
             raise DataConfigError(str(e)) from e
         return TrainingData(joint_names, canonical_init, dataset, skip_counter, kinds,
                             cfg.get('body_model_dir'))
     if cfg.data == 'synthetic':
-        # Tiny native-format COCO/WholeBody/DensePose/MADS folders written and prepared under
-        # the logdir (reused when present), then read like 'prepared'; param from the demo.
+        # Tiny native-format folders of all six datasets written and prepared under the logdir
+        # (reused when present), then read like 'prepared'.
         from nlf_tf.data import synthetic
-        return synthetic.build_synthetic_data(cfg, start_step, end_step)
+        return synthetic.build_synthetic_data(cfg, start_step, end_step,
+                                              input_context=input_context)
     raise DataConfigError(
         f'--data={cfg.data!r} is not a known data source (available: demo, prepared, '
         f'synthetic)')

@@ -122,6 +122,15 @@ def check_batch_sizes(cfg, num_replicas):
                 f'{cfg.grad_accum_steps} = {divisor}')
 
 
+def reads_files_per_worker(cfg, strategy):
+    """Whether each worker's input pipeline reads its own TFRecord files: prepared or synthetic
+    data under a MultiWorkerMirroredStrategy with several workers, without the tf.data service
+    (see `nlf_tf.data_sources.per_pipeline_view`)."""
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode()
+            and cfg.data in ('prepared', 'synthetic') and not cfg.get('tf_data_service'))
+
+
 def with_shard_policy(dataset, policy):
     """Sets how a multi-worker strategy shards `dataset` over workers: 'file' (each worker
     reads its own files: TFRecord sources), 'data' (each worker builds the whole stream and

@@ -76,11 +76,11 @@ def set_dtype_policy(dtype):
     keras.config.set_dtype_policy(policy)
 
 
-def build_data(cfg, start_step, end_step):
+def build_data(cfg, start_step, end_step, input_context=None):
     """The `nlf_tf.data_sources.TrainingData` (joint table, dataset, skip counter) of the
-    micro-steps start_step..end_step-1."""
+    micro-steps start_step..end_step-1 (of one input pipeline with `input_context`)."""
     try:
-        return data_sources.build_data(cfg, start_step, end_step)
+        return data_sources.build_data(cfg, start_step, end_step, input_context=input_context)
     except data_sources.DataConfigError as e:
         raise ConfigError(str(e)) from e
 
@@ -186,8 +186,20 @@ def _run_training(cfg, extra_callbacks, dirs, checkpoint_dir):
     start = int(trainer.train_counter.numpy())
     remaining = stop_step * n - start
     if remaining > 0:
-        train_data = build_data(cfg, start_step=start, end_step=stop_step * n)
-        dataset = train_data.dataset
+        strategy = tf.distribute.get_strategy()
+        if distribute_lib.reads_files_per_worker(cfg, strategy):
+            # Each worker's input pipeline reads its own files and makes per-replica batches.
+            built = []
+
+            def dataset_fn(input_context):
+                built.append(build_data(cfg, start, stop_step * n, input_context=input_context))
+                return built[-1].dataset
+
+            dataset = strategy.distribute_datasets_from_function(dataset_fn)
+            train_data = built[0]
+        else:
+            train_data = build_data(cfg, start_step=start, end_step=stop_step * n)
+            dataset = train_data.dataset
         if cfg.get('tf_data_service'):
             # Input processing on tf.data service workers (see nlf_tf.data_service for the
             # order guarantees of each data source).
@@ -196,10 +208,10 @@ def _run_training(cfg, extra_callbacks, dirs, checkpoint_dir):
                     cfg, train_data, start, stop_step * n)
             except (data_service_lib.ServiceConfigError, data_sources.DataConfigError) as e:
                 raise ConfigError(str(e)) from e
-        # Multi-worker sharding: by file where the source has files; the demo data is built in
-        # memory by every worker, which keeps its own share of each global batch.
-        dataset = distribute_lib.with_shard_policy(
-            dataset, 'data' if cfg.data == 'demo' else 'auto')
+        if not isinstance(dataset, tf.distribute.DistributedDataset):
+            # One stream for all workers (the demo data, or the tf.data service): every worker
+            # builds it and keeps its own share of each global batch.
+            dataset = distribute_lib.with_shard_policy(dataset, 'data')
         cbs = [
             callbacks_lib.TensorBoardLogger(
                 trainer, dirs.logdir, log_period=cfg.log_period,
@@ -227,6 +239,8 @@ def _run_training(cfg, extra_callbacks, dirs, checkpoint_dir):
                 f'saved to {path}. Original error: {e.message}') from e
         if cfg.get('tf_data_service'):
             data_service_lib.check_steps_trained(trainer.train_counter.numpy(), stop_step * n)
+        # Bad records this process's input pipeline skipped (int64 [4] or None), for callers.
+        object.__setattr__(trainer, 'skipped_records', train_data.skip_counter)
     else:
         _print_flush(f'Nothing to train: the checkpoint is at step {start // n} of {stop_step}.')
 

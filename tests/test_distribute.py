@@ -275,6 +275,22 @@ def test_input_pipelines_read_disjoint_files_of_prepared_tfrecords(tmp_path):
     assert not np.array_equal(first_images[0], first_images[1])
 
 
+def test_two_workers_train_on_their_own_files_of_prepared_data(tmp_path):
+    # The training loop gives each worker's input pipeline its own shard files
+    # (distribute_datasets_from_function): bad records are only in file 3, so only the worker
+    # reading the odd files skips any; the two still train one model (same weights).
+    from distribute_scripts import prepared_fixture as pf
+    prepared = tmp_path / 'coco'
+    pf.write_prepared_coco(prepared, records_per_file=4, bad_records=[(3, 3)])
+    workers = _start_workers(tmp_path, _local_cluster(),
+                             lambda i: [tmp_path / 'run', MW_STEPS, f'--prepared={prepared}'])
+    first, second = _finish(workers, timeout=RUN_TIMEOUT)
+    assert first['counter'] == second['counter'] == 2 * MW_STEPS
+    assert first['abs_sum'] == second['abs_sum'] and first['weighted'] == second['weighted']
+    assert first['skipped'] == [0, 0, 0, 0]
+    assert second['skipped'][3] > 0 and second['skipped'][:3] == [0, 0, 0]
+
+
 def test_skip_counter_under_mirrored_scope_and_per_replica_input(tmp_path):
     r = _run_script('skip_counter_mirrored.py', tmp_path)
     # The counter of bad records that build_data creates under the strategy's scope (as

@@ -885,7 +885,7 @@ def prepare_synthetic(out_root, prepared_root, seed=0, num_images=DEFAULT_NUM_IM
 # Training data for --data=synthetic
 # ----------------------------------------------------------------------------------------
 
-def build_synthetic_data(cfg, start_step, end_step, log=print):
+def build_synthetic_data(cfg, start_step, end_step, log=print, input_context=None):
     """`data_sources.TrainingData` of --data=synthetic for the micro-steps start..end-1.
 
     Writes (if absent) the synthetic native folders under <logdir>/synthetic_data, prepares them
@@ -920,7 +920,8 @@ def build_synthetic_data(cfg, start_step, end_step, log=print):
     try:
         dataset = pipeline.make_training_dataset(
             cfg, sources, joint_names, start_step=start_step, end_step=end_step,
-            skip_counter=skip_counter, param_assets=param_assets or None)
+            skip_counter=skip_counter, param_assets=param_assets or None,
+            input_context=input_context)
     except ValueError as e:
         raise data_sources.DataConfigError(str(e)) from e
     return data_sources.TrainingData(joint_names, canonical_init, dataset, skip_counter, kinds,

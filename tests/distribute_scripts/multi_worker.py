@@ -2,14 +2,17 @@
 environment):
 
     python multi_worker.py LOGDIR TRAINING_STEPS [--weights_out=FILE.npz]
-                           [--pause_after=MICRO_STEP --marker=FILE]
+                           [--pause_after=MICRO_STEP --marker=FILE] [--prepared=DIR]
 
 Reports the trained weights (digest; all of them into FILE.npz with --weights_out).
 
 --pause_after (the worker-failure test): after that micro-step (after its checkpoint) this
 worker creates the file --marker and waits there to be killed; it exits with status 3 if
 nobody kills it within PAUSE_LIMIT seconds. The other workers go on into the next step's
-collectives and wait there for it."""
+collectives and wait there for it.
+
+--prepared: train on that prepared COCO folder (prepared_fixture) instead of the demo data and
+also report the bad records this worker's input pipeline skipped."""
 
 import argparse
 import os
@@ -53,19 +56,28 @@ def main():
     parser.add_argument('--weights_out')
     parser.add_argument('--pause_after', type=int)
     parser.add_argument('--marker')
+    parser.add_argument('--prepared')
     args = parser.parse_args()
     # 4 examples per category and optimizer step: 1 per worker and micro-step.
+    sizes = dict(batch_size_parametric=4, batch_size=4, batch_size_densepose=4, batch_size_2d=4)
+    if args.prepared:
+        import prepared_fixture
+        sizes = dict(batch_size_parametric=0, batch_size=0, batch_size_densepose=0,
+                     batch_size_2d=4, data='prepared', prepared_dirs=args.prepared,
+                     proc_side=32, num_points=8, **prepared_fixture.NO_AUGMENTATION)
     cfg = tiny_cfg(args.logdir, distribution='multi_worker', training_steps=args.steps,
-                   grad_accum_steps=2, checkpoint_period=2, image_summary_period=0,
-                   batch_size_parametric=4, batch_size=4, batch_size_densepose=4, batch_size_2d=4)
+                   grad_accum_steps=2, checkpoint_period=2, image_summary_period=0, **sizes)
     extra = [PauseAfter(args.pause_after, args.marker)] if args.pause_after is not None else []
     trainer = training.run_training(cfg, extra_callbacks=extra)
+    more = {}
+    if args.prepared:
+        more['skipped'] = [int(x) for x in trainer.skipped_records.numpy()]
     weights = trainer.model.trainable_variables
     if args.weights_out:
         np.savez(args.weights_out, *[np.asarray(v.numpy()) for v in weights])
     _common.report(counter=int(trainer.train_counter.numpy()),
                    iterations=int(trainer.optimizer.iterations.numpy()),
-                   **_common.weights_digest(weights))
+                   **_common.weights_digest(weights), **more)
 
 
 if __name__ == '__main__':
