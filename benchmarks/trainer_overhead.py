@@ -4,7 +4,6 @@ same images, both as compiled tf.functions on one device. Prints the ratio."""
 
 import _common
 
-import numpy as np
 import tensorflow as tf
 
 from nlf_tf import demo_data, training
