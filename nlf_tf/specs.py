@@ -40,3 +40,14 @@ def load_spec(name):
             return json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f'data spec {path} is not valid JSON: {e}') from e
+
+
+def threshold(spec, key, override=None):
+    """`override` as a float if given, else the spec's `thresholds[key]`; ValueError naming the
+    spec and key if it has none."""
+    if override is not None:
+        return float(override)
+    thresholds = spec.get('thresholds') or {}
+    if key not in thresholds:
+        raise ValueError(f'data spec {spec.get("name")!r} lacks thresholds.{key}')
+    return float(thresholds[key])

@@ -443,14 +443,9 @@ def iter_examples(root_dir, split='train', body_model_dir=None, detections=None,
         DatasetError for structural problems (see the module docstring).
     """
     spec = specs.load_spec(DATASET)
-    thresholds = spec.get('thresholds') or {}
 
     def threshold(value, key):
-        if value is not None:
-            return float(value)
-        if key not in thresholds:
-            raise ValueError(f'data spec {DATASET!r} lacks thresholds.{key}')
-        return float(thresholds[key])
+        return specs.threshold(spec, key, value)
 
     min_box_side = threshold(min_box_side, 'min_box_side')
     max_occlusion = threshold(max_occlusion, 'occlusion_max')

@@ -90,14 +90,9 @@ def iter_examples(root_dir, split='train', body_model_dir=None, detections=None,
     if split not in SPLITS:
         raise ValueError(f'BEHAVE splits are {SPLITS}, got {split!r}')
     spec = specs.load_spec(DATASET)
-    thresholds = spec.get('thresholds') or {}
 
     def threshold(value, key):
-        if value is not None:
-            return float(value)
-        if key not in thresholds:
-            raise ValueError(f'data spec {DATASET!r} lacks thresholds.{key}')
-        return float(thresholds[key])
+        return specs.threshold(spec, key, value)
 
     sampler_threshold_mm = threshold(sampler_threshold_mm, 'sampler_threshold_mm')
     sampler_buffer_size = int(threshold(sampler_buffer_size, 'sampler_buffer_size'))

@@ -55,11 +55,8 @@ def iter_examples(root_dir, split='train', video_reader=None, *, detections=None
     joint_names = list(spec['joint_names'])
     slots_15 = spec_slots_15(spec)
     world_up = tuple(spec.get('world_up', (0, 1, 0)))
-    thresholds = spec.get('thresholds') or {}
-    if sampler_threshold_mm is None:
-        sampler_threshold_mm = _threshold(thresholds, 'sampler_threshold_mm')
-    if box_enlarge is None:
-        box_enlarge = _threshold(thresholds, 'box_enlarge')
+    sampler_threshold_mm = specs.threshold(spec, 'sampler_threshold_mm', sampler_threshold_mm)
+    box_enlarge = specs.threshold(spec, 'box_enlarge', box_enlarge)
     if video_reader is None:
         video_reader = read_frames
     detections = load_detections(detections, 'must map example ids to lists of boxes')
@@ -242,9 +239,3 @@ def _numeric_field(data, name, path, shape):
     if not np.all(np.isfinite(value)):
         raise DatasetError(path, name, 'contains non-finite values')
     return value
-
-
-def _threshold(thresholds, key):
-    if key not in thresholds:
-        raise ValueError(f'data spec {DATASET!r} lacks thresholds.{key}')
-    return float(thresholds[key])
