@@ -137,6 +137,30 @@ def parametric_setup(cfg, sources, body_model_dir=None, canonical_dir=None, num_
     return assets, kinds
 
 
+def training_data_of_sources(cfg, sources, start_step, end_step, input_context=None,
+                             body_model_dir=None, num_interior=None, log=print):
+    """The `TrainingData` of prepared sources (dataset, category, files, weight): the joint
+    table of the kp3d / dense / kp2d datasets, the canonical assets and body-model kinds of the
+    param datasets (`parametric_setup`; body_model_dir default --body_model_dir), a skip
+    counter, and the pipeline of the micro-steps start_step..end_step-1."""
+    from nlf_tf.data import pipeline
+    names = sorted({dataset for dataset, category, _, _ in sources if category != 'param'})
+    joint_names, canonical_init = joint_table.build_joint_table(names)
+    body_model_dir = body_model_dir or cfg.get('body_model_dir')
+    param_assets, kinds = parametric_setup(cfg, sources, body_model_dir=body_model_dir,
+                                           num_interior=num_interior, log=log)
+    skip_counter = tf.Variable(tf.zeros([4], tf.int64), trainable=False, name='skipped_records')
+    try:
+        dataset = pipeline.make_training_dataset(
+            cfg, sources, joint_names, start_step=start_step, end_step=end_step,
+            skip_counter=skip_counter, param_assets=param_assets or None,
+            input_context=input_context)
+    except ValueError as e:
+        raise DataConfigError(str(e)) from e
+    return TrainingData(joint_names, canonical_init, dataset, skip_counter, kinds,
+                        body_model_dir)
+
+
 def per_pipeline_view(cfg, start_step, end_step, input_context):
     """(cfg, start, end) of one input pipeline of `input_context` (a tf.distribute.InputContext
     of `distribute_datasets_from_function`): the sub-batch sizes become per-replica sizes
@@ -174,26 +198,13 @@ def build_data(cfg, start_step, end_step, input_context=None):
             pool_size=cfg.demo_pool_size, num_steps=end_step)
         return TrainingData(joint_names, canonical_init, dataset)
     if cfg.data == 'prepared':
-        from nlf_tf.data import pipeline
         dirs = [d.strip() for d in (cfg.prepared_dirs or '').split(',') if d.strip()]
         if not dirs:
             raise DataConfigError('--data=prepared needs --prepared_dirs (comma-separated '
                                   'output folders of nlf-tf-prepare)')
-        sources = prepared_sources(dirs, cfg.dataset_weights)
-        names = sorted({dataset for dataset, category, _, _ in sources if category != 'param'})
-        joint_names, canonical_init = joint_table.build_joint_table(names)
-        param_assets, kinds = parametric_setup(cfg, sources)
-        skip_counter = tf.Variable(tf.zeros([4], tf.int64), trainable=False,
-                                   name='skipped_records')
-        try:
-            dataset = pipeline.make_training_dataset(
-                cfg, sources, joint_names, start_step=start_step, end_step=end_step,
-                skip_counter=skip_counter, param_assets=param_assets or None,
-                input_context=input_context)
-        except ValueError as e:
-            raise DataConfigError(str(e)) from e
-        return TrainingData(joint_names, canonical_init, dataset, skip_counter, kinds,
-                            cfg.get('body_model_dir'))
+        return training_data_of_sources(
+            cfg, prepared_sources(dirs, cfg.dataset_weights), start_step, end_step,
+            input_context=input_context)
     if cfg.data == 'synthetic':
         # Tiny native-format folders of all six datasets written and prepared under the logdir
         # (reused when present), then read like 'prepared'.

@@ -894,11 +894,7 @@ def build_synthetic_data(cfg, start_step, end_step, log=print, input_context=Non
     <logdir>/synthetic_data/body_models, whose canonical assets are generated on first use),
     kp3d from MADS, dense from DensePose-COCO, kp2d from COCO + COCO-WholeBody.
     """
-    import tensorflow as tf
-
     from nlf_tf import data_sources
-    from nlf_tf import joint_table
-    from nlf_tf.data import pipeline
 
     def summary_only(line):  # the per-example skip listing of prepare is too long here
         if not line.lstrip().startswith('e.g.'):
@@ -910,19 +906,7 @@ def build_synthetic_data(cfg, start_step, end_step, log=print, input_context=Non
         num_images=cfg.get('synthetic_num_images') or DEFAULT_NUM_IMAGES, log=summary_only)
     sources = data_sources.prepared_sources(
         [prepared[name] for name in ALL_DATASETS], cfg.dataset_weights)
-    names = sorted({dataset for dataset, category, _, _ in sources if category != 'param'})
-    joint_names, canonical_init = joint_table.build_joint_table(names)
-    body_model_dir = folders_of(root)['body_models']
-    param_assets, kinds = data_sources.parametric_setup(
-        cfg, sources, body_model_dir=body_model_dir, num_interior=SYNTHETIC_NUM_INTERIOR,
+    return data_sources.training_data_of_sources(
+        cfg, sources, start_step, end_step, input_context=input_context,
+        body_model_dir=folders_of(root)['body_models'], num_interior=SYNTHETIC_NUM_INTERIOR,
         log=log)
-    skip_counter = tf.Variable(tf.zeros([4], tf.int64), trainable=False, name='skipped_records')
-    try:
-        dataset = pipeline.make_training_dataset(
-            cfg, sources, joint_names, start_step=start_step, end_step=end_step,
-            skip_counter=skip_counter, param_assets=param_assets or None,
-            input_context=input_context)
-    except ValueError as e:
-        raise data_sources.DataConfigError(str(e)) from e
-    return data_sources.TrainingData(joint_names, canonical_init, dataset, skip_counter, kinds,
-                                     body_model_dir)
