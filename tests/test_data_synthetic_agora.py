@@ -12,7 +12,7 @@ from nlf_tf.body_models import files, numpy_model
 from nlf_tf.body_models.synthetic import write_synthetic_body_models
 from nlf_tf.data import agora, rle
 from nlf_tf.data.example import Example, Skip
-from nlf_tf.data.synthetic_agora import SETTINGS_FILE, make_palette, rasterize, write_agora
+from nlf_tf.data.synthetic_agora import SETTINGS_FILE, make_palette, write_agora
 
 NUM_IMAGES = 5
 
@@ -178,18 +178,6 @@ def test_reader_pose_carries_the_hand_mean_of_the_gender(folders):
         else:
             assert ex.body_params['kid_factor'] == 0
     assert any(kid for _, kid in kinds_seen) and any(not kid for _, kid in kinds_seen)
-
-
-def test_rasterize_fills_triangles_at_pixel_centres():
-    points = np.array([[0.5, 0.5], [4.5, 0.5], [0.5, 4.5], [6.0, 6.0]])
-    faces = np.array([[0, 1, 2]])
-    pix, depth, face = rasterize(points, np.array([1.0, 2.0, 3.0, 1.0]), faces, (6, 8))
-    covered = {(int(i) // 8, int(i) % 8) for i in pix}
-    # Pixel centres (x, y) with x, y >= 1 and x + y <= 5 lie inside the half-square.
-    assert covered == {(y, x) for y in range(1, 5) for x in range(1, 5) if x + y <= 5}
-    i = list(pix).index(1 * 8 + 1)  # pixel (1, 1): barycentrics (0.75, 0.125, 0.125)
-    assert depth[i] == pytest.approx(0.75 * 1 + 0.125 * 2 + 0.125 * 3)
-    assert np.all(face == 0)
 
 
 def test_writer_is_idempotent_and_refuses_foreign_folders(folders, tmp_path):

@@ -12,35 +12,6 @@ DIST_KEYS = ('k1', 'k2', 'p1', 'p2', 'k3', 'k4', 'k5', 'k6')
 
 
 # ---------------------------------------------------------------------------------------------
-# Rasteriser
-
-def test_rasterize_square_covers_exactly_the_pixel_centres_inside():
-    # square [1.5, 5.5] x [0.5, 3.5] as two triangles: pixel centres x 2..5, y 1..3
-    points = np.array([[1.5, 0.5], [5.5, 0.5], [5.5, 3.5], [1.5, 3.5]])
-    faces = np.array([[0, 1, 2], [0, 2, 3]])
-    face_id = synthetic_behave.rasterize(points, np.ones(4), faces, (6, 8))
-    expected = np.zeros((6, 8), bool)
-    expected[1:4, 2:6] = True
-    np.testing.assert_array_equal(face_id >= 0, expected)
-    # the diagonal from (1.5, 0.5) to (5.5, 3.5) splits the square: (5, 1) is below-right of it
-    assert face_id[1, 5] == 0 and face_id[3, 2] == 1
-
-
-def test_rasterize_zbuffer_keeps_the_nearer_triangle_in_any_order():
-    points = np.array([[0.0, 0.0], [9.0, 0.0], [0.0, 9.0], [1.0, 1.0], [8.0, 1.0], [1.0, 8.0]])
-    depth = np.array([5.0, 5.0, 5.0, 2.0, 2.0, 2.0])
-    for faces, near in ((np.array([[0, 1, 2], [3, 4, 5]]), 1),
-                        (np.array([[3, 4, 5], [0, 1, 2]]), 0)):
-        face_id = synthetic_behave.rasterize(points, depth, faces, (10, 10))
-        assert face_id[2, 2] == near   # inside both: the nearer one
-        assert face_id[0, 0] == 1 - near  # only the far one
-        assert face_id[9, 9] == -1
-    # triangles behind the camera are not drawn
-    face_id = synthetic_behave.rasterize(points, -depth, np.array([[0, 1, 2]]), (10, 10))
-    assert np.all(face_id == -1)
-
-
-# ---------------------------------------------------------------------------------------------
 # Written folder
 
 @pytest.fixture(scope='module')

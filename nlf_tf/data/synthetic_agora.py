@@ -33,7 +33,7 @@ import shutil
 
 import numpy as np
 
-from nlf_tf.data import agora
+from nlf_tf.data import agora, raster
 
 SETTINGS_FILE = 'synthetic_agora.json'
 FORMAT_VERSION = 1
@@ -68,68 +68,6 @@ def write_palette(path, palette):
             f.write(f'{i}\t[{r}, {g}, {b}]\n')
 
 
-# --------------------------------------------------------------------------------------------
-# Rasterisation
-
-def rasterize(points2d, depth, faces, shape, max_fragments_per_chunk=2_000_000):
-    """Fragments of the filled triangles: (pixel index y * W + x, depth, face index).
-
-    A pixel (centre at integer coordinates) belongs to a triangle if its barycentric
-    coordinates are all >= 0; depth is interpolated linearly in the image. Triangles with a
-    vertex behind the camera (depth <= 0) are dropped.
-    """
-    height, width = shape
-    tri = np.asarray(points2d, np.float64)[faces]  # [F, 3, 2]
-    tri_depth = np.asarray(depth, np.float64)[faces]
-    ok = np.all(tri_depth > 0, axis=1) & np.all(np.isfinite(tri), axis=(1, 2))
-    x0 = np.ceil(tri[..., 0].min(1)).clip(0, width)
-    x1 = np.floor(tri[..., 0].max(1)).clip(-1, width - 1)
-    y0 = np.ceil(tri[..., 1].min(1)).clip(0, height)
-    y1 = np.floor(tri[..., 1].max(1)).clip(-1, height - 1)
-    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
-    area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
-    ok &= (x1 >= x0) & (y1 >= y0) & (np.abs(area) > 1e-12)
-    ids = np.flatnonzero(ok)
-    bw = (x1 - x0 + 1).astype(np.int64)
-    bh = (y1 - y0 + 1).astype(np.int64)
-    ids = ids[np.argsort(bw[ids] * bh[ids], kind='stable')]
-    pix, dep, fid = [], [], []
-    start = 0
-    while start < len(ids):
-        # Grow the chunk while its padded grid stays small.
-        end = start + 1
-        gw, gh = bw[ids[start]], bh[ids[start]]
-        while end < len(ids):
-            gw2, gh2 = max(gw, bw[ids[end]]), max(gh, bh[ids[end]])
-            if (end + 1 - start) * gw2 * gh2 > max_fragments_per_chunk:
-                break
-            gw, gh, end = gw2, gh2, end + 1
-        chunk = ids[start:end]
-        start = end
-        xs = x0[chunk, None, None] + np.arange(gw)[None, None, :]
-        ys = y0[chunk, None, None] + np.arange(gh)[None, :, None]
-        ca, cb, cc = a[chunk, None, None], b[chunk, None, None], c[chunk, None, None]
-        inv = 1.0 / area[chunk, None, None]
-        # Barycentric coordinates of (xs, ys) in (a, b, c).
-        l1 = ((xs - ca[..., 0]) * (cc[..., 1] - ca[..., 1])
-              - (ys - ca[..., 1]) * (cc[..., 0] - ca[..., 0])) * inv
-        l2 = ((cb[..., 0] - ca[..., 0]) * (ys - ca[..., 1])
-              - (cb[..., 1] - ca[..., 1]) * (xs - ca[..., 0])) * inv
-        l0 = 1.0 - l1 - l2
-        eps = -1e-9
-        inside = ((l0 >= eps) & (l1 >= eps) & (l2 >= eps)
-                  & (xs <= x1[chunk, None, None]) & (ys <= y1[chunk, None, None]))
-        z = (l0 * tri_depth[chunk, 0, None, None] + l1 * tri_depth[chunk, 1, None, None]
-             + l2 * tri_depth[chunk, 2, None, None])
-        k, iy, ix = np.nonzero(inside)
-        pix.append((ys[k, iy, 0] * width + xs[k, 0, ix]).astype(np.int64))
-        dep.append(z[k, iy, ix])
-        fid.append(chunk[k])
-    if not pix:
-        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
-    return np.concatenate(pix), np.concatenate(dep), np.concatenate(fid)
-
-
 def render_people(camera, shape, people_vertices, faces, colours, background):
     """Renders people (world vertices [V, 3] each) with a z-buffer.
 
@@ -141,14 +79,9 @@ def render_people(camera, shape, people_vertices, faces, colours, background):
     for p, vertices in enumerate(people_vertices):
         cam_points = camera.world_to_camera(vertices).astype(np.float64)
         image_points = camera.camera_to_image(cam_points).astype(np.float64)
-        pix, dep, fid = rasterize(image_points, cam_points[:, 2], faces, shape)
+        pix, dep, fid = raster.rasterize(image_points, cam_points[:, 2], faces, shape)
         amodal[p].reshape(-1)[pix] = True
-        tri = cam_points[faces]
-        normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-        normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
-        view = tri.mean(axis=1)
-        view /= np.linalg.norm(view, axis=1, keepdims=True)
-        shade = 0.35 + 0.65 * np.abs(np.sum(normals * view, axis=1))
+        shade = raster.face_shading(cam_points, faces)
         all_pix.append(pix)
         all_dep.append(dep)
         all_owner.append(np.full(len(pix), p))

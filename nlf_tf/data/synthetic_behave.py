@@ -30,6 +30,7 @@ import pickle
 
 import numpy as np
 
+from nlf_tf.data import raster
 from nlf_tf.data.camera import Camera
 
 IMAGE_SHAPE = (192, 256)  # H, W: the Kinect's 4:3 aspect at 1/8 of 2048 x 1536
@@ -314,56 +315,6 @@ def _write_sequence(rng, seq_dir, date, gender, model, cameras, num_frames, imag
 # ---------------------------------------------------------------------------------------------
 # Rendering
 
-def rasterize(points2d, depth, faces, image_shape):
-    """Z-buffered triangle rasterisation at pixel centres (integer coordinates).
-
-    Args:
-        points2d: [V, 2] pixel coordinates; depth: [V] (> 0 in front of the camera);
-        faces: [F, 3] vertex ids; image_shape: (H, W).
-    Returns:
-        int64 [H, W] id of the visible face per pixel (-1 = none). Depth is interpolated
-        linearly in the image (fine for small triangles).
-    """
-    height, width = image_shape
-    tri = points2d[faces]  # [F, 3, 2]
-    tri_depth = depth[faces]
-    lo = np.ceil(tri.min(axis=1)).astype(np.int64)
-    hi = np.floor(tri.max(axis=1)).astype(np.int64)
-    lo = np.maximum(lo, 0)
-    hi = np.minimum(hi, [width - 1, height - 1])
-    usable = (np.all(tri_depth > 1e-3, axis=1) & np.all(np.isfinite(tri), axis=(1, 2))
-              & np.all(hi >= lo, axis=1))
-    ids = np.flatnonzero(usable)
-    spans = hi[ids] - lo[ids] + 1
-    counts = spans[:, 0] * spans[:, 1]
-    # one candidate (triangle, pixel) pair per pixel of each triangle's bounding box
-    cand_face = np.repeat(ids, counts)
-    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    span_x = np.repeat(spans[:, 0], counts)
-    px = np.repeat(lo[ids, 0], counts) + within % span_x
-    py = np.repeat(lo[ids, 1], counts) + within // span_x
-
-    a, b, c = (tri[cand_face, i] for i in range(3))
-    det = (b[:, 1] - c[:, 1]) * (a[:, 0] - c[:, 0]) + (c[:, 0] - b[:, 0]) * (a[:, 1] - c[:, 1])
-    with np.errstate(divide='ignore', invalid='ignore'):
-        l0 = ((b[:, 1] - c[:, 1]) * (px - c[:, 0]) + (c[:, 0] - b[:, 0]) * (py - c[:, 1])) / det
-        l1 = ((c[:, 1] - a[:, 1]) * (px - c[:, 0]) + (a[:, 0] - c[:, 0]) * (py - c[:, 1])) / det
-    l2 = 1.0 - l0 - l1
-    eps = -1e-9
-    inside = (np.abs(det) > 1e-12) & (l0 >= eps) & (l1 >= eps) & (l2 >= eps)
-    cand_face, px, py = cand_face[inside], px[inside], py[inside]
-    z = (np.stack([l0[inside], l1[inside], l2[inside]], axis=1)
-         * tri_depth[cand_face]).sum(axis=1)
-
-    pixel = py * width + px
-    zbuffer = np.full(height * width, np.inf)
-    np.minimum.at(zbuffer, pixel, z)
-    winners = z <= zbuffer[pixel]
-    face_id = np.full(height * width, -1, np.int64)
-    face_id[pixel[winners]] = cand_face[winners]
-    return face_id.reshape(height, width)
-
-
 def render_person(rng, camera, vertices, faces, face_part, image_shape,
                   supersampling=SUPERSAMPLING):
     """(uint8 [H, W, 3] shaded image, bool [H, W] mask) of a mesh seen by `camera` (distorted).
@@ -377,15 +328,9 @@ def render_person(rng, camera, vertices, faces, face_part, image_shape,
     # pixel centre (x, y) of the output covers sub-pixel centres s x + (s - 1) / 2 +- ...
     fine = (points2d + 0.5) * s - 0.5
     depth = camera.world_to_camera(vertices)[:, 2].astype(np.float64)
-    face_id = rasterize(fine, depth, faces, (height * s, width * s))
+    face_id = raster.visible_faces(fine, depth, faces, (height * s, width * s), min_depth=1e-3)
 
-    cam_vertices = camera.world_to_camera(vertices).astype(np.float64)
-    tri = cam_vertices[faces]
-    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
-    view = tri.mean(axis=1)
-    view /= np.linalg.norm(view, axis=1, keepdims=True)
-    shade = 0.35 + 0.65 * np.abs(np.sum(normals * view, axis=1))
+    shade = raster.face_shading(camera.world_to_camera(vertices), faces)
     face_colour = PART_COLOURS[face_part % len(PART_COLOURS)] * shade[:, np.newaxis]
 
     yy, xx = np.mgrid[0:height * s, 0:width * s]
