@@ -16,7 +16,6 @@ import _common
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -67,21 +66,11 @@ def measure(strategy_name, steps, rounds):
                 steps_per_s=steps / seconds, examples_per_s=steps * examples / seconds)
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(('127.0.0.1', 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def measure_workers(count, steps, rounds):
     """Runs a `count`-worker cluster on 127.0.0.1 (this script with --worker, one process per
     worker) and returns the chief's measurement."""
-    cluster = {'worker': [f'127.0.0.1:{p}' for p in _free_ports(count)]}
+    from distribute_scripts._common import free_ports
+    cluster = {'worker': [f'127.0.0.1:{p}' for p in free_ports(count)]}
     procs, outputs = [], []
     with tempfile.TemporaryDirectory(prefix='nlf_scaling_') as tmp:
         try:

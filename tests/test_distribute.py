@@ -8,7 +8,6 @@ process has already done.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -50,16 +49,11 @@ def _run_script(name, *args, timeout=240):
 
 
 def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
+    from distribute_scripts import _common
     try:
-        for s in sockets:
-            s.bind(('127.0.0.1', 0))
-        return [s.getsockname()[1] for s in sockets]
+        return _common.free_ports(count)
     except OSError as e:
         pytest.skip(f'no free TCP ports on 127.0.0.1 for a local cluster: {e}')
-    finally:
-        for s in sockets:
-            s.close()
 
 
 class _Worker:

@@ -10,6 +10,20 @@ sys.path.insert(0, os.path.dirname(HERE))  # tests/ (tiny_cfg)
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository (nlf_tf)
 
 
+def free_ports(count):
+    """`count` TCP ports on 127.0.0.1 that were free a moment ago (for a local cluster); OSError
+    if none can be bound."""
+    import socket
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(('127.0.0.1', 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def fast_graphs():
     """Grappler's graph rewrites take most of the first step's time on this tiny model and do
     not change what these scripts check."""
