@@ -104,7 +104,7 @@ def parametric_setup(cfg, sources, body_model_dir=None, canonical_dir=None, num_
     """({family: canonical assets}, body-model kinds) needed by the param sources.
 
     The canonical-space assets of each body-model family the param datasets use (data spec
-    field `body_model_family`) are generated on first use and cached (see
+    field `body_model.type`) are generated on first use and cached (see
     `nlf_tf.body_models.canonical_assets`); the kinds are those whose model files exist.
     Returns ({}, ()) when there is no param source or the param sub-batch is empty.
     """

@@ -18,21 +18,7 @@ The global rotation (joint 0) therefore acts about the rest pelvis J_rest_0 (`re
 import numpy as np
 
 from nlf_tf.body_models import kinds
-
-
-def rodrigues(rotvecs):
-    """Rotation matrices (float64 [..., 3, 3]) of axis-angle vectors [..., 3]."""
-    rotvecs = np.asarray(rotvecs, np.float64)
-    angle = np.linalg.norm(rotvecs, axis=-1)[..., np.newaxis, np.newaxis]
-    x, y, z = rotvecs[..., 0], rotvecs[..., 1], rotvecs[..., 2]
-    zero = np.zeros_like(x)
-    # Cross-product matrix of the (unnormalised) rotation vector.
-    k = np.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(rotvecs.shape[:-1] + (3, 3))
-    small = angle < 1e-8
-    safe = np.where(small, 1.0, angle)
-    a = np.where(small, 1.0, np.sin(safe) / safe)
-    b = np.where(small, 0.5, (1 - np.cos(safe)) / safe ** 2)
-    return np.eye(3) + a * k + b * (k @ k)
+from nlf_tf.canonical_space import rodrigues  # batched float64 Rodrigues formula
 
 
 def hand_slots(family):

@@ -36,6 +36,8 @@ import numpy as np
 import tensorflow as tf
 
 from nlf_tf.body_models import kinds
+# The body model's axis-angle -> matrix (float32 here), so loader and trainer rotate alike.
+from nlf_tf.body_models.tf_model import rotvec_to_matrix
 
 K_MAX = 8  # interpolation entries per point (ELLPACK width) for every family
 REFERENCE_POINTS = 1024
@@ -270,24 +272,6 @@ def to_coo(columns, weights):
 # ----------------------------------------------------------------------------------------
 # Rotations and the camera frame (in graph)
 # ----------------------------------------------------------------------------------------
-
-def rotvec_to_matrix(rotvec):
-    """Rotation matrices [..., 3, 3] of axis-angle vectors [..., 3] (exact at zero)."""
-    rotvec = tf.convert_to_tensor(rotvec, tf.float32)
-    angle2 = tf.reduce_sum(tf.square(rotvec), axis=-1)[..., None, None]
-    angle = tf.sqrt(angle2)
-    small = angle < 1e-3
-    safe = tf.where(small, tf.ones_like(angle), angle)
-    # sin(a)/a and (1 - cos a)/a^2 with Taylor series near 0.
-    sinc = tf.where(small, 1.0 - angle2 / 6.0, tf.sin(safe) / safe)
-    cosc = tf.where(small, 0.5 - angle2 / 24.0, (1.0 - tf.cos(safe)) / tf.square(safe))
-    x, y, z = rotvec[..., 0], rotvec[..., 1], rotvec[..., 2]
-    zero = tf.zeros_like(x)
-    cross = tf.reshape(tf.stack([zero, -z, y, z, zero, -x, -y, x, zero], axis=-1),
-                       tf.concat([tf.shape(x), [3, 3]], 0))
-    eye = tf.eye(3, batch_shape=tf.shape(x))
-    return eye + sinc * cross + cosc * tf.linalg.matmul(cross, cross)
-
 
 def matrix_to_rotvec(matrix):
     """Axis-angle vectors [..., 3] (angle in [0, pi]) of rotation matrices [..., 3, 3].
